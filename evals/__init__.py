@@ -1,0 +1,1 @@
+"""Auditing evaluations on model organisms. Filled in by the evaluation work."""

@@ -1,0 +1,91 @@
+"""Residual capture and injection with plain PyTorch forward hooks (the default, fastest backend).
+
+Every hook is registered through an ``ExitStack`` right after all inputs were
+validated, so a failing call registers nothing and a finished, failed or
+interrupted block removes exactly the hooks it added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..models import Model
+from ._common import (
+    Injection,
+    PassInfo,
+    ResidualCache,
+    StopForward,
+    absolute_positions,
+    apply_injection,
+    block_hidden,
+    make_pass_recorder,
+    replace_hidden,
+)
+
+
+def _register(stack: ExitStack, handle: Any) -> None:
+    stack.callback(handle.remove)
+
+
+@contextmanager
+def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_early: bool) -> Iterator[ResidualCache]:
+    cache = ResidualCache()
+    info = PassInfo()
+    deepest = max(idx for _, idx in resolved)
+    by_index: dict[int, list[int]] = {}
+    for given, idx in resolved:
+        by_index.setdefault(idx, []).append(given)
+
+    def make_hook(idx: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            hidden_BSD = block_hidden(output).detach()
+            if positions is None:
+                value = hidden_BSD.clone()
+            else:
+                per_row = positions if isinstance(positions[0], list) else [positions] * hidden_BSD.shape[0]
+                if len(per_row) != hidden_BSD.shape[0]:
+                    from ..errors import PositionError
+
+                    raise PositionError(f"positions were given for {len(per_row)} rows but the batch has "
+                                        f"{hidden_BSD.shape[0]}; pass one list per row or one shared list.")
+                value = torch.stack([
+                    hidden_BSD[b, absolute_positions(list(p), b, hidden_BSD.shape[1], info)]
+                    for b, p in enumerate(per_row)
+                ])
+            for given in by_index[idx]:
+                cache[given] = value
+            cache.attention_mask = info.mask
+            if stop_early and idx == deepest:
+                raise StopForward()
+        return hook
+
+    with ExitStack() as stack:
+        _register(stack, model.backbone.register_forward_pre_hook(make_pass_recorder(model.backbone, info),
+                                                                  with_kwargs=True))
+        for idx in by_index:
+            _register(stack, model.layers[idx].register_forward_hook(make_hook(idx)))
+        try:
+            yield cache
+        except StopForward:
+            pass
+
+
+@contextmanager
+def inject(model: Model, idx: int, injection: Injection) -> Iterator[None]:
+    info = PassInfo()
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+        if not info.prefill:  # decode steps of generate() and cached continuations are left alone
+            return None
+        return replace_hidden(output, apply_injection(block_hidden(output), injection, info))
+
+    with ExitStack() as stack:
+        _register(stack, model.backbone.register_forward_pre_hook(make_pass_recorder(model.backbone, info),
+                                                                  with_kwargs=True))
+        _register(stack, model.layers[idx].register_forward_hook(hook))
+        yield
