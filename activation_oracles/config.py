@@ -1,0 +1,80 @@
+"""``OracleConfig``: everything about how an oracle reads activations, stored with the oracle.
+
+Template, placeholder, injection layer, mode and coefficient are data, not
+constants in code: an oracle directory's ``oracle_config.json`` is exactly this
+dataclass serialised, so an oracle trained with other settings loads correctly.
+
+>>> cfg = OracleConfig(base_model="smollm2-135m", n_layers=30, d_model=576)
+>>> cfg.injection_layer, cfg.mode, cfg.coeff, cfg.placeholder
+(1, 'norm_add', 1.0, ' ?')
+>>> OracleConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """How an activation oracle is prompted and how activations enter it."""
+
+    base_model: str = _f("", "Name of the base model the oracle (and its adapter) is built on.")
+    n_layers: int = _f(0, "Depth of the base model, checked against activations' provenance.")
+    d_model: int = _f(0, "Residual width of the base model; activations must match it.")
+    source_layer_percents: tuple[float, ...] = _f((25.0, 50.0, 75.0), "Depths (percent) the oracle was trained to read.")
+    injection_layer: int = _f(1, "Oracle block whose output receives the vectors (the reference uses block 1).")
+    mode: str = _f("norm_add", "Injection mode: norm_add (reference), add or replace.")
+    coeff: float = _f(1.0, "Injection coefficient c in h + c*||h||*v/||v||.")
+    placeholder: str = _f(" ?", "Placeholder text; must tokenize to exactly one token.")
+    prompt_template: str = _f("Layer: {layer}\n{placeholders} \n{question}",
+                              "User-turn template; {layer}, {placeholders} and {question} are filled in.")
+    max_positions: int = _f(512, "Most activation vectors accepted in one prompt.")
+    adapter_name: str = _f("oracle", "Name of the oracle's LoRA adapter inside a shared PEFT model.")
+    training: dict[str, Any] = _f(None, "Summary of the training run and data mixture (None: untrained).",)
+    lora: dict[str, Any] = _f(None, "LoRA settings of the adapter (None: untrained).")
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("norm_add", "add", "replace"):
+            raise ConfigError(f"mode={self.mode!r}; expected 'norm_add', 'add' or 'replace'.")
+        for key in ("{layer}", "{placeholders}", "{question}"):
+            if key not in self.prompt_template:
+                raise ConfigError(f"prompt_template {self.prompt_template!r} lacks {key}; it needs "
+                                  "{layer}, {placeholders} and {question}.")
+        if self.max_positions < 1:
+            raise ConfigError(f"max_positions={self.max_positions}; expected >= 1.")
+        object.__setattr__(self, "source_layer_percents", tuple(float(p) for p in self.source_layer_percents))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["source_layer_percents"] = list(self.source_layer_percents)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OracleConfig:
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown oracle config keys {unknown}; valid keys are {sorted(valid)}.")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> OracleConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{str(path)!r} is not valid JSON ({exc}); expected an oracle_config.json.") from None
+        return cls.from_dict(data)
