@@ -60,6 +60,10 @@ class EmptyInputError(AOError, ValueError):
     """An empty prompt, question, or list where content is required."""
 
 
+class ChoicesError(AOError, ValueError):
+    """The choices given to ``choose`` are empty, too few, or duplicated."""
+
+
 class ActivationsMismatchError(AOError, ValueError):
     """Two activation sets (or activations and an oracle) do not fit together."""
 

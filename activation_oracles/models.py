@@ -135,6 +135,16 @@ def as_model(obj: Any, tokenizer: Any = None, *, layers_path: str | None = None,
             f"expected a decoder-only causal LM with an LM head (e.g. AutoModelForCausalLM), got {kind}. "
             "Load the model with AutoModelForCausalLM or ao.load_model(...)."
         )
+    # An encoder with an LM head (BertForMaskedLM) passes the checks above; transformers marks every
+    # causal LM as able to generate, and masked LMs as not (PEFT: ask the wrapped model).
+    base = obj.get_base_model() if hasattr(obj, "get_base_model") else obj
+    can_generate = getattr(base, "can_generate", None)
+    if callable(can_generate) and not can_generate():
+        raise NotDecoderLMError(
+            f"expected a decoder-only causal LM, got {type(base).__name__}, which transformers marks as unable "
+            "to generate (an encoder such as a masked LM). Load a causal LM with AutoModelForCausalLM "
+            "or ao.load_model(...)."
+        )
     path, layers = find_decoder_layers(obj, layers_path)
     d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or getattr(config, "d_model", None)
     if not isinstance(d_model, int):

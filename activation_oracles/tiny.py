@@ -21,7 +21,8 @@ TINY_NAME = "tiny-llama"
 
 
 def tiny_model(n_layers: int = 4, d_model: int = 64, *, seed: int = 0, tokenizer: Any = "smollm2-135m",
-               vocab_size: int | None = None, dtype: torch.dtype = torch.float32) -> Model:
+               vocab_size: int | None = None, dtype: torch.dtype = torch.float32,
+               init_range: float = 0.02) -> Model:
     """A randomly initialised Llama with the embedded SmolLM2 tokenizer (and its chat template).
 
     ``tokenizer=None`` gives a bare model with a 128-token vocabulary and no tokenizer.
@@ -43,7 +44,7 @@ def tiny_model(n_layers: int = 4, d_model: int = 64, *, seed: int = 0, tokenizer
     config = LlamaConfig(
         hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
         num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=getattr(tok, "bos_token_id", 1),
+        tie_word_embeddings=True, initializer_range=init_range, bos_token_id=getattr(tok, "bos_token_id", 1),
         eos_token_id=getattr(tok, "eos_token_id", 2), pad_token_id=getattr(tok, "pad_token_id", 2),
     )
     gen = torch.random.fork_rng()

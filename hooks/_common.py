@@ -157,6 +157,9 @@ class PassInfo:
         return self.past_len == 0
 
 
+_CACHE_KEYS = ("past_key_values", "cache", "past_key_value", "past", "layer_past")
+
+
 def _cache_length(cache: Any) -> int:
     if cache is None:
         return 0
@@ -188,7 +191,8 @@ def make_pass_recorder(backbone: nn.Module, info: PassInfo):
                 pass
         mask = arguments.get("attention_mask")
         info.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        cache = arguments.get("past_key_values", arguments.get("past_key_value"))
+        # The KV cache's keyword changed across transformers versions (past_key_values -> cache).
+        cache = next((arguments[k] for k in _CACHE_KEYS if arguments.get(k) is not None), None)
         info.past_len = _cache_length(cache)
         info.calls += 1
 

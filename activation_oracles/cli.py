@@ -1,0 +1,285 @@
+"""The ``ao`` command line (also ``python -m activation_oracles``).
+
+Every subcommand is one pair of functions:
+
+* ``_add_<name>_parser(subparsers)`` declares its arguments and binds the handler
+  with ``parser.set_defaults(func=cmd_<name>)``;
+* ``cmd_<name>(args) -> int`` does the work and returns the exit status.
+
+To add a subcommand (``ask``, ``train``, ``audit``...), write that pair and list
+the ``_add_<name>_parser`` function in :data:`SUBCOMMANDS`. Handlers import torch,
+transformers and the rest of the package *inside* the function: this module is
+imported by ``ao --help``, which must answer at once without loading torch.
+
+Errors raised on purpose (:class:`activation_oracles.errors.AOError`) print as
+``error: <message>`` on stderr with exit status 2 and no traceback (pass
+``--traceback`` to see one). Usage errors also exit with 2 (argparse's convention).
+
+>>> main(["--version"])  # doctest: +ELLIPSIS
+ao ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import AOError
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad input: argparse errors and every AOError
+EXIT_INTERRUPTED = 130
+
+_DESCRIPTION = """\
+activation oracles: capture a language model's residual-stream activations and
+ask another model (the oracle) questions about them.
+
+Run `ao <command> --help` for a command's options."""
+
+
+class CLIUsageError(AOError, ValueError):
+    """A command-line argument is invalid in a way argparse cannot check (e.g. an output folder that is missing)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# helpers shared by the subcommands (nothing heavy at import time)
+# ---------------------------------------------------------------------------------------------------
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--dtype``, ``--device``, ``--layers-path``: how to load the target model."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="smollm2-135m", metavar="SPEC",
+                       help="'smollm2-135m' (the embedded default), a local model directory, or a Hugging Face "
+                            "hub id (needs the network unless cached). Default: %(default)s.")
+    group.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="weights and activations dtype. Default: %(default)s.")
+    group.add_argument("--device", default=None, metavar="DEV",
+                       help="torch device, e.g. 'cpu' or 'cuda'. Default: cpu.")
+    group.add_argument("--layers-path", default=None, metavar="DOTTED",
+                       help="dotted path to the decoder blocks (e.g. 'model.layers') when discovery fails.")
+
+
+def _add_capture_args(parser: argparse.ArgumentParser) -> None:
+    """``--layers``/``--layer-percent``, ``--positions``, ``--no-chat``, ``--backend``."""
+    group = parser.add_argument_group("what to capture")
+    which = group.add_mutually_exclusive_group()
+    which.add_argument("--layers", type=int, nargs="+", action="extend", metavar="L",
+                       help="decoder block(s) to read; repeat or list several (--layers 7 15 or --layers 7 "
+                            "--layers 15). Negative counts from the end.")
+    which.add_argument("--layer-percent", type=float, metavar="P",
+                       help="read the block at P%% depth, int(n_layers * P / 100). Default: 50.")
+    group.add_argument("--positions", default="all", metavar="SPEC",
+                       help="token positions to keep: 'all', 'last:N', 'i:j' (a Python slice) or an index. "
+                            "Default: %(default)s.")
+    group.add_argument("--no-chat", dest="chat", action="store_false",
+                       help="feed the prompt as raw text instead of one user turn of the chat template.")
+    group.add_argument("--backend", default="torch", choices=["torch", "nnsight", "transformer_lens"],
+                       help="hook backend. Default: %(default)s (the fast path).")
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import activation_oracles as ao
+
+    try:  # the per-tensor "Loading weights" bar is noise for a 1-second load
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    t0 = time.perf_counter()
+    _err(f"loading {args.model} ({args.dtype}) ...")
+    model = ao.load_model(args.model, dtype=args.dtype, device=args.device, layers_path=args.layers_path)
+    _err(f"loaded in {time.perf_counter() - t0:.1f} s")
+    return model
+
+
+def _capture(model: Any, prompt: str, args: argparse.Namespace) -> Any:
+    """``ao.capture`` with the CLI's options, provenance of the run added to ``acts.meta``."""
+    from dataclasses import replace
+
+    import activation_oracles as ao
+
+    kwargs: dict[str, Any] = {"positions": args.positions, "chat": args.chat, "backend": args.backend}
+    if args.layers:
+        kwargs["layers"] = list(args.layers)
+    else:
+        kwargs["layer_percent"] = 50.0 if args.layer_percent is None else args.layer_percent
+    acts = ao.capture(model, prompt, **kwargs)
+    meta = dict(acts.meta)
+    meta.update({"prompt": prompt, "chat": args.chat, "dtype": args.dtype, "backend": args.backend,
+                 "positions_spec": str(args.positions), "activation_oracles_version": __version__})
+    return replace(acts, meta=meta)
+
+
+def format_summary(acts: Any, *, prompt: str | None = None) -> str:
+    """A short, readable description of an :class:`~activation_oracles.Activations`.
+
+    One header (model, tokens, positions) and one row per layer with the
+    ``[n_positions, d_model]`` shape and the mean / min / max L2 norm of the vectors.
+    """
+    lines = []
+    lines.append(f"model      {acts.model_name} ({acts.n_layers} layers, d_model {acts.d_model}, "
+                 f"dtype {str(acts.dtype).removeprefix('torch.')})")
+    if prompt is not None:
+        shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+        lines.append(f"prompt     {shown!r}")
+    n_tok = len(acts.token_ids)
+    pos = list(acts.positions)
+    if pos == list(range(n_tok)):
+        pos_text = "all"
+    elif len(pos) > 2 and pos == list(range(pos[0], pos[-1] + 1)):
+        pos_text = f"{pos[0]}..{pos[-1]}"
+    else:
+        pos_text = ", ".join(map(str, pos[:8])) + (", ..." if len(pos) > 8 else "")
+    plural = "" if len(pos) == 1 else "s"
+    lines.append(f"tokens     {n_tok} (captured {len(pos)} position{plural}: {pos_text})")
+    header = f"{'layer':>5}  {'shape':<12} {'L2 mean':>9} {'L2 min':>9} {'L2 max':>9}"
+    lines.append(header)
+    for layer in acts.layers:
+        vec = acts.vectors[layer].float()
+        norms = vec.norm(dim=-1)
+        shape = "[" + ", ".join(str(s) for s in vec.shape) + "]"
+        lines.append(f"{layer:>5}  {shape:<12} {norms.mean().item():>9.2f} {norms.min().item():>9.2f} "
+                     f"{norms.max().item():>9.2f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ao capture
+# ---------------------------------------------------------------------------------------------------
+
+def _add_capture_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "capture", help="capture residual-stream activations of a prompt into a safetensors file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a model on a prompt, record the output of decoder blocks, print a summary and\n"
+                    "(with --out) write the vectors with their provenance (model, layers, token ids,\n"
+                    "positions, prompt) to a safetensors file that activation_oracles.Activations.load reads.",
+        epilog="examples:\n"
+               "  ao capture --prompt 'Tell me about owls.' --layers 15 --out acts.safetensors\n"
+               "  ao capture --prompt 'The capital of France is' --no-chat --layers 7 15 22 --positions last:1")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="the text to run ('-' reads stdin).")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the activations here (safetensors). Without it, only the summary is printed.")
+    _add_model_args(p)
+    _add_capture_args(p)
+    p.set_defaults(func=cmd_capture)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if args.out is not None:  # fail before the (slow) model load
+        parent = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(parent):
+            raise CLIUsageError(f"--out {args.out!r}: folder {parent!r} does not exist; create it first "
+                                "or pick another path.")
+    model = _load_model(args)
+    acts = _capture(model, prompt, args)
+    print(format_summary(acts, prompt=prompt))
+    if args.out is not None:
+        path = acts.save(args.out)
+        print(f"saved      {path} ({os.path.getsize(path) / 1024:.1f} KiB); read it with "
+              f"activation_oracles.Activations.load({str(path)!r})")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------
+# ao demo
+# ---------------------------------------------------------------------------------------------------
+
+DEMO_PROMPTS = (
+    "Tell me about owls.",
+    "Write a haiku about the ocean at night.",
+)
+
+
+def _add_demo_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo", help="a short offline tour on the embedded model (what `make demo` runs)",
+        description="Load the embedded SmolLM2-135M-Instruct and capture its mid-depth residual stream "
+                    "on a couple of prompts, printing a summary of each.")
+    p.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model to use. Default: %(default)s.")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Capture the embedded model's residual stream on :data:`DEMO_PROMPTS` and summarise it.
+
+    Self-contained on purpose: a later demo (the oracle answering questions)
+    replaces this function and :func:`_add_demo_parser` without touching the rest.
+    """
+    capture_args = argparse.Namespace(model=args.model, dtype="fp32", device=None, layers_path=None,
+                                      layers=None, layer_percent=50.0, positions="all", chat=True,
+                                      backend="torch")
+    model = _load_model(capture_args)
+    print(f"Capturing the residual stream of {model.name} at 50% depth (block {model.layer_at(50)} "
+          f"of {model.n_layers}) on {len(DEMO_PROMPTS)} prompts.\n")
+    for i, prompt in enumerate(DEMO_PROMPTS):
+        if i:
+            print()
+        acts = _capture(model, prompt, capture_args)
+        print(format_summary(acts, prompt=prompt))
+    print("\nNext: `ao capture --prompt TEXT --layers 15 --out acts.safetensors` saves such a capture; "
+          "`ao capture --help` lists the options.")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------
+# the parser and the entry point
+# ---------------------------------------------------------------------------------------------------
+
+#: One ``_add_<name>_parser`` per subcommand, in the order ``ao --help`` lists them.
+SUBCOMMANDS: list[Callable[[Any], None]] = [
+    _add_demo_parser,
+    _add_capture_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ao", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ao {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback on errors (for bug reports).")
+    subparsers = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ao`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: keep argparse's message and status
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except AOError as exc:
+        if args.traceback:
+            raise
+        _err(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""``ActivationOracle``: ask questions about activations, get answers and probabilities.
+
+The oracle is a language model (normally the target's base model plus a LoRA
+adapter) whose prompt holds one placeholder token per activation vector; the
+vectors are added, norm-matched, to the oracle's residual stream after block 1
+during the prompt pass (see :mod:`activation_oracles.prompt`).
+
+>>> import activation_oracles as ao
+>>> target = ao.load_model("smollm2-135m")                          # doctest: +SKIP
+>>> acts = ao.capture(target, "I love this movie!")                  # doctest: +SKIP
+>>> oracle = ao.ActivationOracle.untrained(target)                   # doctest: +SKIP
+>>> oracle.choose(acts, "Is the sentiment positive?", ["Yes", "No"])  # doctest: +SKIP
+{'Yes': 0.71, 'No': 0.29}
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from .activations import Activations
+from .adapters import use_adapter
+from .config import OracleConfig
+from .errors import ActivationsMismatchError, ChoicesError, EmptyInputError, PositionError
+from .hooks import inject_residuals
+from .models import Model, as_model
+from .prompt import OraclePrompt, _end_of_turn_id, answer_ids, build_prompt, placeholder_id
+
+
+@dataclass(frozen=True)
+class _Item:
+    prompt: OraclePrompt
+    vectors_KD: torch.Tensor
+
+
+class ActivationOracle:
+    """An oracle model plus the configuration that says how activations enter it.
+
+    Build one with :func:`load_oracle` (a trained adapter) or
+    :meth:`ActivationOracle.untrained` (the bare base model with the same
+    injection: the Patchscopes-style baseline every evaluation reports).
+    """
+
+    def __init__(self, model: Any, config: OracleConfig, adapter: str | None = None) -> None:
+        self.model: Model = as_model(model)
+        self.config = config
+        self.adapter = adapter
+        if self.model.tokenizer is None:
+            raise EmptyInputError(f"oracle model {self.model.name!r} has no tokenizer; wrap it with "
+                                  "ao.as_model(model, tokenizer).")
+        self.placeholder_id = placeholder_id(self.model.tokenizer, config)  # checks it is one token
+        self._eot = _end_of_turn_id(self.model.tokenizer)
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def untrained(cls, model: Any, **overrides: Any) -> ActivationOracle:
+        """The base model with the reference injection and no adapter (a Patchscopes-style baseline)."""
+        m = as_model(model)
+        config = OracleConfig(base_model=m.name, n_layers=m.n_layers, d_model=m.d_model, **overrides)
+        return cls(m, config, adapter=None)
+
+    def with_config(self, **changes: Any) -> ActivationOracle:
+        """A view of this oracle with other settings, e.g. ``coeff=0`` for the no-information control."""
+        return ActivationOracle(self.model, replace(self.config, **changes), self.adapter)
+
+    def __repr__(self) -> str:
+        kind = f"adapter={self.adapter!r}" if self.adapter else "untrained"
+        return f"ActivationOracle(base={self.model.name!r}, {kind}, mode={self.config.mode!r}, coeff={self.config.coeff})"
+
+    # -- prompt assembly -----------------------------------------------------------------------------
+    def _vectors(self, acts: Activations, layer: int | None) -> tuple[int, torch.Tensor]:
+        if not isinstance(acts, Activations):
+            raise ActivationsMismatchError(f"expected Activations (from ao.capture or Activations.load), got "
+                                           f"{type(acts).__name__}.")
+        if acts.d_model != self.model.d_model:
+            raise ActivationsMismatchError(
+                f"activations have d_model={acts.d_model} (from {acts.model_name!r}) but the oracle "
+                f"{self.model.name!r} has d_model={self.model.d_model}; use an oracle built on the target's "
+                "base model (or one of the same width).")
+        src = acts.layer if layer is None else layer
+        return src, acts.vectors_for(src)
+
+    def _item(self, acts: Activations, question: str, layer: int | None) -> _Item:
+        src, vectors_KD = self._vectors(acts, layer)
+        prompt = build_prompt(self.model.tokenizer, self.config, src, vectors_KD.shape[0], question)
+        return _Item(prompt, vectors_KD)
+
+    @contextmanager
+    def _session(self, items: Sequence[_Item]) -> Iterator[None]:
+        """Adapter on, injection armed for these rows (prefill only), no grad."""
+        with ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(use_adapter(self.model.hf, self.adapter))
+            stack.enter_context(inject_residuals(
+                self.model, self.config.injection_layer, [list(it.prompt.positions) for it in items],
+                [it.vectors_KD for it in items], mode=self.config.mode, coeff=self.config.coeff))
+            yield
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        return ids.to(self.model.device), mask.to(self.model.device)
+
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float) -> dict[str, Any]:
+        tok = self.model.tokenizer
+        eos = [t for t in {self._eot, tok.eos_token_id} if t is not None]
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        if temperature > 0:
+            kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _decode(self, new_ids: torch.Tensor) -> str:
+        ids = new_ids.tolist()
+        stops = {self._eot, self.model.tokenizer.eos_token_id}
+        for i, t in enumerate(ids):
+            if t in stops:
+                ids = ids[:i]
+                break
+        return self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # -- asking --------------------------------------------------------------------------------------
+    def ask(self, acts: Activations | Sequence[Activations], question: str | Sequence[str], *,
+            max_new_tokens: int = 48, temperature: float = 0.0, seed: int | None = None, batch_size: int = 16,
+            layer: int | None = None, reuse_prefix: bool = True) -> str | list[str]:
+        """Answer ``question`` about ``acts`` in free text.
+
+        A single activation set and a single question give a string. A list of
+        either (or two lists of equal length, paired) gives a list, computed in
+        left-padded batches; under greedy decoding (``temperature=0``) the answers
+        equal one-at-a-time answers. Several questions about one activation set
+        share the prompt prefix (with the injected placeholders), computed once.
+        """
+        pairs, single = _pairs(acts, question)
+        items = [self._item(a, q, layer) for a, q in pairs]
+        answers: list[str | None] = [None] * len(items)
+        rng = torch.random.fork_rng(devices=[]) if seed is not None else _null()
+        with rng:
+            if seed is not None:
+                torch.manual_seed(seed)
+            groups = _prefix_groups(items) if reuse_prefix else [[i] for i in range(len(items))]
+            loose: list[int] = []
+            for group in groups:
+                if len(group) >= 2:
+                    for start in range(0, len(group), batch_size):
+                        chunk = group[start:start + batch_size]
+                        for idx, text in zip(chunk, self._generate_with_prefix([items[i] for i in chunk],
+                                                                                max_new_tokens, temperature)):
+                            answers[idx] = text
+                else:
+                    loose.extend(group)
+            for start in range(0, len(loose), batch_size):
+                chunk = loose[start:start + batch_size]
+                for idx, text in zip(chunk, self._generate([items[i] for i in chunk], max_new_tokens, temperature)):
+                    answers[idx] = text
+        return answers[0] if single else answers  # type: ignore[return-value]
+
+    def _generate(self, items: Sequence[_Item], max_new_tokens: int, temperature: float) -> list[str]:
+        ids, mask = self._left_pad([it.prompt.input_ids for it in items])
+        with self._session(items):
+            out = self.model.hf.generate(input_ids=ids, attention_mask=mask,
+                                         **self._gen_kwargs(max_new_tokens, temperature))
+        return [self._decode(row[ids.shape[1]:]) for row in out]
+
+    def _generate_with_prefix(self, items: Sequence[_Item], max_new_tokens: int, temperature: float) -> list[str]:
+        """Prefill the shared prefix once (with injection), then continue every question from its cache."""
+        first = items[0]
+        prefix = list(first.prompt.input_ids[:first.prompt.prefix_len])
+        prefix_ids = torch.tensor([prefix], device=self.model.device)
+        with self._session([first]):
+            out = self.model.hf(input_ids=prefix_ids, use_cache=True)
+            cache = out["cache"] if "cache" in out else out["past_key_values"]
+        # Pad between the cached prefix and each suffix so all suffixes end together; the
+        # mask hides the padding and position ids follow the mask, as in a plain left-padded batch.
+        suffixes = [list(it.prompt.input_ids[len(prefix):]) for it in items]
+        width = max(len(s) for s in suffixes)
+        pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
+        rows, masks = [], []
+        for s in suffixes:
+            rows.append(prefix + [pad] * (width - len(s)) + s)
+            masks.append([1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s))
+        ids = torch.tensor(rows, device=self.model.device)
+        mask = torch.tensor(masks, device=self.model.device)
+        batch_cache = copy.deepcopy(cache)
+        if len(items) > 1:
+            batch_cache.batch_repeat_interleave(len(items))
+        with torch.no_grad(), use_adapter(self.model.hf, self.adapter):
+            out = self.model.hf.generate(input_ids=ids, attention_mask=mask, **{_cache_kwarg(self.model.hf): batch_cache},
+                                         **self._gen_kwargs(max_new_tokens, temperature))
+        return [self._decode(row[ids.shape[1]:]) for row in out]
+
+    def choose(self, acts: Activations | Sequence[Activations], question: str | Sequence[str],
+               choices: Sequence[str], *, layer: int | None = None, batch_size: int = 32
+               ) -> dict[str, float] | list[dict[str, float]]:
+        """Probability of each choice as the oracle's whole answer, normalised over the choices.
+
+        Each choice is scored by the oracle's log-likelihood of its answer tokens
+        (end-of-turn token included, so "Yes" is not rewarded for being the start
+        of a longer answer); the probabilities are a softmax of those scores.
+        """
+        choice_list = _check_choices(choices)
+        pairs, single = _pairs(acts, question)
+        rows: list[tuple[_Item, list[int]]] = []
+        for a, q in pairs:
+            item = self._item(a, q, layer)
+            src = self._vectors(a, layer)[0]
+            for c in choice_list:
+                rows.append((item, answer_ids(self.model.tokenizer, self.config, item.prompt, src, q, c)))
+        scores = self._score(rows, batch_size)
+        out: list[dict[str, float]] = []
+        n = len(choice_list)
+        for i in range(len(pairs)):
+            s = scores[i * n:(i + 1) * n]
+            top = max(s)
+            exps = [math.exp(x - top) for x in s]
+            total = sum(exps)
+            out.append({c: e / total for c, e in zip(choice_list, exps)})
+        return out[0] if single else out
+
+    def choice_logprobs(self, acts: Activations, question: str, choices: Sequence[str], *,
+                        layer: int | None = None) -> dict[str, float]:
+        """Unnormalised total log-probability of each choice's answer tokens."""
+        choice_list = _check_choices(choices)
+        item = self._item(acts, question, layer)
+        src = self._vectors(acts, layer)[0]
+        rows = [(item, answer_ids(self.model.tokenizer, self.config, item.prompt, src, question, c))
+                for c in choice_list]
+        return dict(zip(choice_list, self._score(rows, len(rows))))
+
+    def _score(self, rows: Sequence[tuple[_Item, list[int]]], batch_size: int) -> list[float]:
+        scores: list[float] = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            seqs = [list(it.prompt.input_ids) + ans for it, ans in chunk]
+            ids, mask = self._left_pad(seqs)
+            with self._session([it for it, _ in chunk]):
+                logits = self.model.hf(input_ids=ids, attention_mask=mask).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            width = ids.shape[1]
+            for b, (it, ans) in enumerate(chunk):
+                start_ans = width - len(ans)  # answers sit at the right end (left padding)
+                targets = ids[b, start_ans:]
+                lp = logprobs[b, start_ans - 1: width - 1].gather(-1, targets[:, None]).sum()
+                scores.append(float(lp))
+        return scores
+
+    # -- input modes ---------------------------------------------------------------------------------
+    def ask_tokens(self, acts: Activations, question: str, **kwargs: Any) -> list[str]:
+        """Ask once per captured position with that single vector (the reference's token mode)."""
+        per_token = [acts.token(p) for p in acts.positions]
+        return self.ask(per_token, question, **kwargs)  # type: ignore[return-value]
+
+    def choose_tokens(self, acts: Activations, question: str, choices: Sequence[str], **kwargs: Any
+                      ) -> list[dict[str, float]]:
+        """``choose`` once per captured position (an "oracle lens" over the tokens)."""
+        per_token = [acts.token(p) for p in acts.positions]
+        return self.choose(per_token, question, choices, **kwargs)  # type: ignore[return-value]
+
+    def ask_segment(self, acts: Activations, question: str, start: int, end: int | None = None,
+                    **kwargs: Any) -> str:
+        """Ask about the vectors of tokens ``start <= i < end`` only."""
+        return self.ask(acts.segment(start, end), question, **kwargs)  # type: ignore[return-value]
+
+
+def _cache_kwarg(hf: Any) -> str:
+    """transformers renamed the KV-cache argument from ``past_key_values`` to ``cache``."""
+    import inspect
+
+    try:
+        params = inspect.signature(hf.get_base_model().forward if hasattr(hf, "get_base_model") else hf.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+def _pairs(acts: Any, question: Any) -> tuple[list[tuple[Activations, str]], bool]:
+    acts_many = isinstance(acts, (list, tuple))
+    q_many = isinstance(question, (list, tuple))
+    if q_many and not question:
+        raise EmptyInputError("the list of questions is empty; ask at least one question.")
+    if acts_many and not acts:
+        raise PositionError("the list of activations is empty; pass at least one Activations.")
+    for q in (question if q_many else [question]):
+        if not isinstance(q, str) or not q.strip():
+            raise EmptyInputError("a question is empty; ask the oracle something, e.g. 'What is the secret word?'.")
+    if acts_many and q_many:
+        if len(acts) != len(question):
+            raise EmptyInputError(f"got {len(acts)} activation sets and {len(question)} questions; pass lists of "
+                                  "equal length (paired), or one of them alone.")
+        return list(zip(acts, question)), False
+    if acts_many:
+        return [(a, question) for a in acts], False
+    if q_many:
+        return [(acts, q) for q in question], False
+    return [(acts, question)], True
+
+
+def _prefix_groups(items: Sequence[_Item]) -> list[list[int]]:
+    """Group items whose prompts share the prefix and the very same vectors."""
+    groups: dict[tuple, list[int]] = {}
+    order: list[tuple] = []
+    for i, it in enumerate(items):
+        prefix = it.prompt.input_ids[:it.prompt.prefix_len]
+        if tuple(it.prompt.input_ids[:len(prefix)]) != prefix:
+            key: tuple = ("solo", i)
+        else:
+            key = (prefix, id(it.vectors_KD))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(i)
+    return [groups[k] for k in order]
+
+
+def _check_choices(choices: Sequence[str]) -> list[str]:
+    if isinstance(choices, str):
+        raise ChoicesError(f"choices={choices!r} is a string; pass a list such as ['Yes', 'No'].")
+    choice_list = list(choices)
+    if len(choice_list) < 2:
+        raise ChoicesError(f"choices={choice_list!r}; pass at least two choices, e.g. ['Yes', 'No'].")
+    for c in choice_list:
+        if not isinstance(c, str) or not c.strip():
+            raise ChoicesError(f"choices={choice_list!r} holds an empty choice; every choice needs text.")
+    if len(set(choice_list)) != len(choice_list):
+        dups = sorted({c for c in choice_list if choice_list.count(c) > 1})
+        raise ChoicesError(f"choices {dups} appear more than once; each choice must be distinct.")
+    return choice_list
+
+
+from .loading import load_oracle  # noqa: E402  (re-exported: ao.load_oracle lives here for discoverability)
+
+__all__ = ["ActivationOracle", "load_oracle"]
