@@ -120,6 +120,7 @@ class ActivationOracle:
             kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kw.update(getattr(self, "_extra_gen", {}))
         return kw
 
     def _decode(self, new_ids: torch.Tensor) -> str:
@@ -134,7 +135,8 @@ class ActivationOracle:
     # -- asking --------------------------------------------------------------------------------------
     def ask(self, acts: Activations | Sequence[Activations], question: str | Sequence[str], *,
             max_new_tokens: int = 48, temperature: float = 0.0, seed: int | None = None, batch_size: int = 16,
-            layer: int | None = None, reuse_prefix: bool = True) -> str | list[str]:
+            layer: int | None = None, reuse_prefix: bool = True,
+            generate_kwargs: dict[str, Any] | None = None) -> str | list[str]:
         """Answer ``question`` about ``acts`` in free text.
 
         A single activation set and a single question give a string. A list of
@@ -142,9 +144,11 @@ class ActivationOracle:
         left-padded batches; under greedy decoding (``temperature=0``) the answers
         equal one-at-a-time answers. Several questions about one activation set
         share the prompt prefix (with the injected placeholders), computed once.
+        ``generate_kwargs`` are passed on to ``generate`` (e.g. ``{"min_new_tokens": 8}``).
         """
         pairs, single = _pairs(acts, question)
         items = [self._item(a, q, layer) for a, q in pairs]
+        self._extra_gen = dict(generate_kwargs or {})
         answers: list[str | None] = [None] * len(items)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else _null()
         with rng:

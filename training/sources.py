@@ -129,6 +129,21 @@ def read_csv_rows(path: PathLike, required: Iterable[str], what: str = "CSV file
     return rows
 
 
+def _jsonl_objects(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield f"{path}:{n}", json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n} is not valid JSON ({exc}); expected one JSON value per line.") \
+                        from None
+
+
+def _is_dialogue(obj: Any) -> bool:
+    return isinstance(obj, list) and bool(obj) and all(isinstance(m, dict) and "role" in m for m in obj)
+
+
 # --------------------------------------------------------------------------- sources
 
 class TextListSource:
@@ -189,21 +204,12 @@ class JsonlSource:
 
     def records(self) -> Iterator[tuple[str, Any]]:
         for p in self.paths:
-            with p.open(encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    where = f"{p}:{n}"
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{where} is not valid JSON ({exc}); expected one JSON object per line.") \
-                            from None
-                    if not isinstance(obj, dict) or self.field not in obj:
-                        keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                        raise DataError(f"{where} has no field {self.field!r} (it has {keys}); pass "
-                                        "field=<the text field> to the source.")
-                    yield where, obj[self.field]
+            for where, obj in _jsonl_objects(p):
+                if not isinstance(obj, dict) or self.field not in obj:
+                    keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                    raise DataError(f"{where} has no field {self.field!r} (it has {keys}); pass "
+                                    "field=<the text field> to the source.")
+                yield where, obj[self.field]
 
     def documents(self, tokenizer: Any) -> Iterator[list[int]]:
         for where, value in self.records():
@@ -318,3 +324,35 @@ def _hub_reachable() -> bool:
     from activation_oracles.models import _hub_reachable as reachable
 
     return reachable()
+
+
+# --------------------------------------------------------------------------- helpers shared by the builders
+
+def check_layer_percents(layer_percents: Sequence[float]) -> tuple[float, ...]:
+    """Validate source depths: a non-empty list of percents inside (0, 100)."""
+    values = tuple(float(p) for p in layer_percents) if isinstance(layer_percents, Iterable) else ()
+    if not values:
+        raise ConfigError(f"layer_percents={layer_percents!r}; expected a non-empty list such as (25, 50, 75).")
+    bad = [p for p in values if not 0 < p < 100]
+    if bad:
+        raise ConfigError(f"layer_percents {bad} are outside (0, 100); pass depths in percent, e.g. (25, 50, 75).")
+    return values
+
+
+def check_range(value: Sequence[int], what: str, *, low: int = 0) -> tuple[int, int]:
+    """Validate an inclusive integer range ``(min, max)`` with ``low <= min <= max``."""
+    try:
+        lo, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}={value!r}; expected an inclusive range (min, max) of two integers.") from None
+    if not low <= lo <= hi:
+        raise ConfigError(f"{what}=({lo}, {hi}); expected {low} <= min <= max.")
+    return lo, hi
+
+
+def stable_unit(*parts: object) -> float:
+    """A number in [0, 1) fixed by ``parts`` alone (SHA-256; no dependence on PYTHONHASHSEED)."""
+    import hashlib
+
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64

@@ -1,0 +1,548 @@
+"""The training configuration: one frozen dataclass tree, serialised as TOML or YAML.
+
+Sections mirror the parts of a run: ``model`` (which base model, which target),
+``lora`` (the adapter), ``optim`` (optimiser, schedule, batch, precision),
+``data`` (the mixture of dataset builders and its limits), ``checkpoint``,
+``eval`` and ``output``. Files and ``--set`` overrides are only ways of filling
+this tree: every key is checked, and an unknown one raises a :class:`ConfigError`
+that lists the valid keys of its section.
+
+>>> cfg = TrainConfig()
+>>> cfg.lora.r, cfg.optim.lr, cfg.optim.warmup_fraction
+(64, 1e-05, 0.1)
+>>> cfg2 = apply_overrides(cfg, ["optim.lr=3e-4", "lora.target_modules=q_proj,v_proj"])
+>>> cfg2.optim.lr, cfg2.lora.target_modules
+(0.0003, ('q_proj', 'v_proj'))
+>>> TrainConfig.from_toml(cfg2.to_toml()) == cfg2
+True
+>>> apply_overrides(cfg, ["optim.lrr=1"])
+Traceback (most recent call last):
+  ...
+activation_oracles.errors.ConfigError: unknown key 'lrr' in [optim]; valid keys are: batch_size, betas, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ------------------------------------------------------------------------------------------------------
+# sections
+# ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which model becomes the oracle and which model the activations come from."""
+
+    name: str = _f("smollm2-135m", "Oracle base model: 'smollm2-135m' (embedded), 'tiny' (a tiny random Llama "
+                                   "with the SmolLM2 tokenizer), a local directory or a hub id.")
+    target: str = _f("", "Separate target model ('' = the oracle's own base with the adapter disabled, one copy "
+                         "of the weights). Must have the base model's depth and width.")
+    dtype: str = _f("fp32", "Weight dtype of the base model: fp32, bf16 or fp16 (LoRA weights stay fp32).")
+    device: str = _f("auto", "'auto' (cuda:LOCAL_RANK when available, else cpu), 'cpu', 'cuda', 'cuda:1'...")
+    injection_layer: int = _f(1, "Oracle block whose output receives the activations (the reference uses 1).")
+    tiny_layers: int = _f(4, "Depth of the tiny random model (name = 'tiny' only).")
+    tiny_d_model: int = _f(64, "Width of the tiny random model (name = 'tiny' only).")
+    tiny_seed: int = _f(0, "Initialisation seed of the tiny random model (name = 'tiny' only).")
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """The LoRA adapter trained on the oracle (PEFT)."""
+
+    r: int = _f(64, "LoRA rank (reference: 64).")
+    alpha: float = _f(128.0, "LoRA alpha (reference: 128).")
+    dropout: float = _f(0.05, "LoRA dropout (reference: 0.05).")
+    target_modules: tuple[str, ...] = _f(("all-linear",), "Modules that get adapters: 'all-linear' (every "
+                                                          "linear layer but the LM head) or module names.")
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    """Optimiser, schedule, batch and precision."""
+
+    lr: float = _f(1e-5, "AdamW learning rate (reference: 1e-5).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    betas: tuple[float, ...] = _f((0.9, 0.999), "AdamW betas.")
+    warmup_fraction: float = _f(0.1, "Fraction of the steps with linear warm-up; linear decay to 0 afterwards.")
+    grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).")
+    batch_size: int = _f(16, "Examples per optimiser step, over all processes and accumulation steps.")
+    grad_accum: int = _f(1, "Micro-batches per optimiser step (per process).")
+    steps: int = _f(0, "Optimiser steps; 0 = ceil(data.n_examples / batch_size).")
+    bf16: bool = _f(True, "bf16 autocast for the forward passes (CPU and CUDA).")
+    seed: int = _f(0, "Seed of data order, LoRA initialisation and dropout.")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms(True) (bit-exact resume on GPU).")
+    num_threads: int = _f(0, "torch CPU threads (0 = torch's default).")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One dataset builder in the mixture: its kind, its weight, and the builder's own parameters."""
+
+    kind: str = _f("", "Builder kind (context_prediction, classification, system_prompt_qa, on_policy) or "
+                       "'package.module:Factory'.")
+    weight: float = _f(1.0, "Relative sampling weight in the mixture.")
+    params: dict[str, Any] = _f({}, "Keyword arguments of the builder (written inline in the source's table).")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The training mixture and its limits."""
+
+    sources: tuple[SourceSpec, ...] = _f((), "The builders of the mixture ([[data.sources]] tables).")
+    n_examples: int = _f(1000, "Training examples in the run (reference: ~1M).")
+    layer_percents: tuple[float, ...] = _f((25.0, 50.0, 75.0), "Source depths (percent, each in (0, 100)) the "
+                                                                "builders sample from.")
+    max_length: int = _f(256, "Longest target context in tokens; longer examples are skipped (and counted).")
+    max_positions: int = _f(64, "Most activation vectors per example; examples with more are skipped.")
+    group_batches: int = _f(16, "Batches per length-grouping pool (1 = no grouping).")
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    """Periodic, atomic, checksummed checkpoints."""
+
+    every: int = _f(100, "Steps between checkpoints (0 = only at the end).")
+    keep: int = _f(2, "Checkpoints kept (the older ones are the fallback for a corrupted latest).")
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Periodic evaluation on held-out examples."""
+
+    every: int = _f(100, "Steps between evaluations (0 = only at the end).")
+    n_examples: int = _f(64, "Held-out examples per evaluation.")
+    sources: tuple[SourceSpec, ...] = _f((), "Held-out builders ([[eval.sources]]); empty = the training "
+                                             "mixture with another seed.")
+    seed: int = _f(12345, "Seed of the held-out stream.")
+    batch_size: int = _f(16, "Batch size of evaluation forward passes.")
+    max_new_tokens: int = _f(24, "Longest greedy answer for the exact-match metric.")
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    """Where and how the run reports."""
+
+    dir: str = _f("runs/oracle", "Output directory (the oracle directory at the end).")
+    log_every: int = _f(10, "Steps between metric lines in metrics.jsonl.")
+    progress: bool = _f(True, "Show a tqdm progress bar (loss, tokens/s, ETA).")
+    tensorboard: bool = _f(True, "Also write TensorBoard events when tensorboard is installed.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole training run."""
+
+    model: ModelSection = _f(ModelSection(), "The base model and the target.")
+    lora: LoraSection = _f(LoraSection(), "The LoRA adapter.")
+    optim: OptimSection = _f(OptimSection(), "Optimiser, schedule, batch, precision.")
+    data: DataSection = _f(DataSection(), "The mixture of dataset builders.")
+    checkpoint: CheckpointSection = _f(CheckpointSection(), "Checkpoints.")
+    eval: EvalSection = _f(EvalSection(), "Held-out evaluation.")
+    output: OutputSection = _f(OutputSection(), "Output directory and logging.")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # -- (de)serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+        """Build a config from nested dicts; keys absent from ``data`` keep ``base``'s (or the default) values."""
+        return _from_plain(cls, data, base if base is not None else cls(), "")
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str, *, base: TrainConfig | None = None) -> TrainConfig:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML ({exc}).") from None
+        return cls.from_dict(data, base=base)
+
+    def to_yaml(self) -> str:
+        yaml = _yaml()
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, base: TrainConfig | None = None) -> TrainConfig:
+        yaml = _yaml()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"invalid YAML ({exc}).") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"the YAML document is a {type(data).__name__}; expected a mapping of sections.")
+        return cls.from_dict(data, base=base)
+
+    @classmethod
+    def load(cls, path: str | Path, *, base: TrainConfig | None = None) -> TrainConfig:
+        """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file (on top of ``base``)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass a TOML or YAML file "
+                              "(see `ao train --help`).")
+        text = p.read_text()
+        suffix = p.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            return cls.from_yaml(text, base=base)
+        if suffix == ".json":
+            try:
+                return cls.from_dict(json.loads(text), base=base)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{str(p)!r} is not valid JSON ({exc}).") from None
+        if suffix in (".toml", ""):
+            return cls.from_toml(text, base=base)
+        raise ConfigError(f"config file {str(p)!r} has suffix {suffix!r}; expected .toml, .yaml, .yml or .json.")
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.write_text(self.to_yaml() if p.suffix.lower() in (".yaml", ".yml") else self.to_toml())
+
+
+# ------------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------------
+
+def validate(cfg: TrainConfig) -> None:
+    """Check values that a type alone cannot; raise :class:`ConfigError` naming the key."""
+    def need(ok: bool, key: str, value: Any, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r}; expected {expected}.")
+
+    m, lo, o, d = cfg.model, cfg.lora, cfg.optim, cfg.data
+    need(bool(m.name.strip()), "model.name", m.name, "a model ('smollm2-135m', 'tiny', a directory or a hub id)")
+    need(m.injection_layer >= 0, "model.injection_layer", m.injection_layer, "a block index >= 0")
+    need(m.tiny_layers >= 2 and m.tiny_d_model >= 8, "model.tiny_layers/tiny_d_model",
+         (m.tiny_layers, m.tiny_d_model), "tiny_layers >= 2 and tiny_d_model >= 8")
+    need(m.dtype.lower() in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "model.dtype", m.dtype,
+         "fp32, bf16 or fp16")
+    need(lo.r >= 1, "lora.r", lo.r, "an integer >= 1")
+    need(lo.alpha > 0, "lora.alpha", lo.alpha, "a positive number")
+    need(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "a number in [0, 1)")
+    need(len(lo.target_modules) >= 1 and all(t.strip() for t in lo.target_modules), "lora.target_modules",
+         lo.target_modules, "'all-linear' or a list of module names")
+    need(o.lr > 0 and math.isfinite(o.lr), "optim.lr", o.lr, "a positive finite number")
+    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
+    need(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", o.warmup_fraction, "a number in [0, 1)")
+    need(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "a number >= 0 (0 = no clipping)")
+    need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "an integer >= 1")
+    need(o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, "an integer >= 1")
+    need(o.steps >= 0, "optim.steps", o.steps, "an integer >= 0 (0 = from data.n_examples)")
+    need(o.num_threads >= 0, "optim.num_threads", o.num_threads, "an integer >= 0")
+    need(d.n_examples >= 1, "data.n_examples", d.n_examples, "an integer >= 1")
+    need(len(d.layer_percents) >= 1, "data.layer_percents", d.layer_percents, "at least one depth, e.g. [25, 50, 75]")
+    for p in d.layer_percents:
+        if not (0 < p < 100):
+            raise ConfigError(f"data.layer_percents holds {p}, outside (0, 100); layer percents are depths such "
+                              "as 25, 50 or 75 (block int(n_layers * p / 100)).")
+    need(d.max_length >= 2, "data.max_length", d.max_length, "an integer >= 2")
+    need(d.max_positions >= 1, "data.max_positions", d.max_positions, "an integer >= 1")
+    need(d.group_batches >= 1, "data.group_batches", d.group_batches, "an integer >= 1")
+    for section, sources in (("data", d.sources), ("eval", cfg.eval.sources)):
+        for i, s in enumerate(sources):
+            need(bool(s.kind.strip()), f"{section}.sources[{i}].kind", s.kind, "a builder kind")
+            need(s.weight > 0 and math.isfinite(s.weight), f"{section}.sources[{i}].weight", s.weight,
+                 "a positive number")
+    need(cfg.checkpoint.every >= 0, "checkpoint.every", cfg.checkpoint.every, "an integer >= 0")
+    need(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "an integer >= 1")
+    need(cfg.eval.every >= 0, "eval.every", cfg.eval.every, "an integer >= 0")
+    need(cfg.eval.n_examples >= 0, "eval.n_examples", cfg.eval.n_examples, "an integer >= 0")
+    need(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "an integer >= 1")
+    need(cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens", cfg.eval.max_new_tokens, "an integer >= 1")
+    need(bool(cfg.output.dir.strip()), "output.dir", cfg.output.dir, "a directory path")
+    need(cfg.output.log_every >= 1, "output.log_every", cfg.output.log_every, "an integer >= 1")
+
+
+def total_steps(cfg: TrainConfig) -> int:
+    """Optimiser steps of the run: ``optim.steps`` or ``ceil(n_examples / batch_size)``."""
+    return cfg.optim.steps or max(1, math.ceil(cfg.data.n_examples / cfg.optim.batch_size))
+
+
+# ------------------------------------------------------------------------------------------------------
+# plain-data conversion with type checks
+# ------------------------------------------------------------------------------------------------------
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, SourceSpec):
+        out = {"kind": obj.kind, "weight": obj.weight}
+        for k, v in obj.params.items():
+            out[k] = _to_plain(v)
+        return out
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _section_name(path: str) -> str:
+    return f"[{path}]" if path else "the top level"
+
+
+def _from_plain(cls: type, data: Any, base: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_section_name(path)} is a {type(data).__name__} ({data!r}); expected a table of keys.")
+    valid = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {_section_name(path)}; valid keys are: "
+                          f"{', '.join(sorted(valid))}.")
+    hints = _hints(cls)
+    changes = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        changes[key] = _coerce(hints[key], value, getattr(base, key), key_path)
+    try:
+        return replace(base, **changes)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
+        raise ConfigError(f"invalid values in {_section_name(path)}: {exc}") from None
+
+
+def _source_from_plain(data: Any, path: str) -> SourceSpec:
+    if isinstance(data, SourceSpec):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is {data!r}; expected a table with 'kind', 'weight' and the builder's parameters.")
+    data = dict(data)
+    if "kind" not in data:
+        raise ConfigError(f"{path} lacks 'kind'; expected one of context_prediction, classification, "
+                          "system_prompt_qa, on_policy or 'package.module:Factory'.")
+    kind = _coerce(str, data.pop("kind"), "", f"{path}.kind")
+    weight = _coerce(float, data.pop("weight", 1.0), 1.0, f"{path}.weight")
+    params = data.pop("params", {}) if isinstance(data.get("params"), dict) else {}
+    params.update(data)
+    return SourceSpec(kind=kind, weight=weight, params=params)
+
+
+def _coerce(tp: Any, value: Any, current: Any, key: str) -> Any:
+    """Convert ``value`` (from a file or a ``--set`` string) to the field type ``tp``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_plain(tp, value, current, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}={value!r}; expected true or false.")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}; expected an integer.")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}; expected an integer.")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}; expected a number.")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r}; expected a number.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r}; expected a string.")
+    if origin in (tuple, list):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            value = [v.strip().strip("'\"") for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if item_tp is SourceSpec:
+            return tuple(_source_from_plain(v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(item_tp, v, None, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}; expected a table.")
+        return dict(value)
+    if tp is Any or isinstance(tp, (types.UnionType,)):
+        return value
+    return value  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------------------------
+# --set key=value overrides
+# ------------------------------------------------------------------------------------------------------
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax when it parses (numbers, booleans, quoted strings, arrays), else the text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """Apply ``section.key=value`` overrides; sources are indexed: ``data.sources.0.weight=2``."""
+    data = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} has no '='; expected key=value, e.g. optim.lr=1e-4.")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if len(parts) < 2:
+            raise ConfigError(f"--set {item!r}: key {key!r} names no section; expected section.key=value "
+                              f"with a section in {', '.join(f.name for f in fields(TrainConfig))}.")
+        node: Any = data
+        cls: Any = TrainConfig
+        for depth, part in enumerate(parts[:-1]):
+            where = ".".join(parts[:depth]) or None
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {item!r}: {'.'.join(parts[:depth])} has {len(node)} entries; "
+                                      f"{part!r} is not an index in [0, {len(node)}).")
+                node = node[int(part)]
+                cls = SourceSpec
+                continue
+            valid = [f.name for f in fields(cls)] if cls is not SourceSpec else list(node)
+            if part not in node or (cls is not SourceSpec and part not in valid):
+                raise ConfigError(f"unknown key {part!r} in {_section_name(where or '')}; valid keys are: "
+                                  f"{', '.join(sorted(valid))}.")
+            hint = _hints(cls).get(part) if cls is not SourceSpec else None
+            node = node[part]
+            cls = hint if dataclasses.is_dataclass(hint) else cls
+        last = parts[-1]
+        if isinstance(node, list):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[:-1])} is a list; address an entry, e.g. "
+                              f"{'.'.join(parts[:-1])}.0.weight=2.")
+        if cls is not SourceSpec:
+            valid = [f.name for f in fields(cls)]
+            if last not in valid:
+                raise ConfigError(f"unknown key {last!r} in [{'.'.join(parts[:-1])}]; valid keys are: "
+                                  f"{', '.join(sorted(valid))}.")
+        node[last] = parse_value(raw.strip())
+    return TrainConfig.from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------------------
+# TOML / YAML writers
+# ------------------------------------------------------------------------------------------------------
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or write the config as TOML.") from None
+    return yaml
+
+
+def _toml_scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        r = repr(v)
+        return r if any(c in r for c in ".en") else r + ".0"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_scalar(x)}" for k, x in v.items()) + "}"
+    if v is None:
+        raise ConfigError("TOML has no null; remove the key or give it a value.")
+    raise ConfigError(f"cannot write {type(v).__name__} {v!r} to TOML.")
+
+
+def _toml_key(k: str) -> str:
+    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for the config tree (tables, arrays of tables, scalars, arrays, inline tables)."""
+    lines: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any], header: str | None) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_table_array(v)}
+        subtables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        arrays = {k: v for k, v in d.items() if _is_table_array(v)}
+        if header is not None:
+            lines.append(header)
+        for k, v in scalars.items():
+            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
+        for k, v in subtables.items():
+            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+            lines.append("")
+            table(name, v, f"[{name}]")
+        for k, v in arrays.items():
+            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+            for entry in v:
+                lines.append("")
+                lines.append(f"[[{name}]]")
+                for ek, ev in entry.items():
+                    lines.append(f"{_toml_key(ek)} = {_toml_scalar(ev)}")
+
+    table("", data, None)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+
+
+def field_help(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """``[(dotted key, help text), ...]`` for every leaf field (for ``--help`` and docs)."""
+    out: list[tuple[str, str]] = []
+    for f in fields(cls):
+        hint = _hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            out.extend(field_help(hint, key + "."))
+        else:
+            out.append((key, f.metadata.get("help", "")))
+    return out
