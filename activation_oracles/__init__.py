@@ -21,7 +21,7 @@ _LAZY = {
     "Model": "models",
     "load_model": "models",
     "as_model": "models",
-    "capture": "capture",
+    "capture": "capturing",
     "Activations": "activations",
     "ActivationOracle": "oracle",
     "OracleConfig": "config",

@@ -87,6 +87,19 @@ def _add_capture_args(parser: argparse.ArgumentParser) -> None:
                        help="hook backend. Default: %(default)s (the fast path).")
 
 
+def _embedded_needs_conversion(spec: str) -> bool:
+    """True when ``spec`` is the embedded model and its one-time GGUF conversion has not run yet."""
+    from . import embedded
+
+    if spec.lower() != embedded.EMBEDDED_NAME:
+        return False
+    try:
+        folder = embedded.cache_root() / "models" / embedded._CACHE_SUBDIR
+        return not (folder / embedded._DONE_MARKER).is_file()
+    except AttributeError:  # the cache layout changed: just skip the hint
+        return False
+
+
 def _load_model(args: argparse.Namespace) -> Any:
     import activation_oracles as ao
 
@@ -97,7 +110,8 @@ def _load_model(args: argparse.Namespace) -> Any:
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
     t0 = time.perf_counter()
-    _err(f"loading {args.model} ({args.dtype}) ...")
+    note = " (first run: converting the embedded model once, ~30 s)" if _embedded_needs_conversion(args.model) else ""
+    _err(f"loading {args.model} ({args.dtype}){note} ...")
     model = ao.load_model(args.model, dtype=args.dtype, device=args.device, layers_path=args.layers_path)
     _err(f"loaded in {time.perf_counter() - t0:.1f} s")
     return model

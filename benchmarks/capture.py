@@ -53,6 +53,7 @@ class Variant:
     times: list[float] = field(default_factory=list)
     error: str | None = None
     max_diff: float | None = None
+    max_rel_diff: float | None = None  # max |diff| / max |torch value|, per layer, worst layer
 
 
 def cpu_model() -> str:
@@ -90,7 +91,7 @@ def make_variants(model: Any, input_ids: torch.Tensor, mask: torch.Tensor) -> li
     variants = [Variant("bare forward", None, False, bare)]
     for backend in ("torch", "nnsight", "transformer_lens"):
         for stop_early in (True, False):
-            variants.append(Variant(f"capture {set(LAYERS)}", backend, stop_early, capture(backend, stop_early)))
+            variants.append(Variant(f"capture {sorted(LAYERS)}", backend, stop_early, capture(backend, stop_early)))
     return variants
 
 
@@ -114,6 +115,8 @@ def check(variants: list[Variant], batch: int, seq: int, d_model: int) -> None:
         if reference is None:
             reference = out  # the first capture is torch with stop_early
         v.max_diff = max((out[layer].float() - reference[layer].float()).abs().max().item() for layer in LAYERS)
+        v.max_rel_diff = max(((out[layer].float() - reference[layer].float()).abs().max()
+                              / reference[layer].float().abs().max()).item() for layer in LAYERS)
 
 
 def time_all(variants: list[Variant], warmup: int, repeats: int, seed: int) -> None:
@@ -145,23 +148,24 @@ def render(variants: list[Variant], args: argparse.Namespace, model: Any, total_
         f"- setup: {model.name} ({model.n_layers} blocks, d_model {model.d_model}), {args.dtype} on CPU, batch "
         f"{args.batch} x {args.seq} random token ids (seed {args.seed}), median of {args.repeats} runs after "
         f"{args.warmup} warm-up runs, variants interleaved in a shuffled order each round; "
-        f"total {total_s:.0f} s",
+        f"total {total_s:.0f} s; load average before/after: {args.load_before} / {_loadavg()}",
         "",
-        "| variant | backend | stop_early | median ms | tokens/s | vs bare | vs torch | max abs diff vs torch "
-        "| bound | result |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| variant | backend | stop_early | median ms | min ms | tokens/s | vs bare | vs torch "
+        "| max abs diff vs torch | bound | result |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for v in variants:
         backend = v.backend or "-"
         stop = "-" if v.backend is None else ("yes" if v.stop_early else "no")
         if v.error is not None:
-            lines.append(f"| {v.name} | {backend} | {stop} | n/a (error) | | | | | | {v.error.replace('|', '/')} |")
+            lines.append(f"| {v.name} | {backend} | {stop} | n/a (error) | | | | | | | {v.error.replace('|', '/')} |")
             continue
         med = statistics.median(v.times)
         vs_bare = med / bare
         vs_torch = "-" if v.backend in (None, "torch") or v.stop_early not in torch_median \
             else f"{med / torch_median[v.stop_early]:.2f}x"
-        diff = "-" if v.max_diff is None else ("0" if v.max_diff == 0 else f"{v.max_diff:.1e}")
+        diff = "-" if v.max_diff is None else ("0" if v.max_diff == 0 else
+                                               f"{v.max_diff:.1e} ({v.max_rel_diff:.1e} rel.)")
         bound, result = "", ""
         if v.backend == "torch" and v.stop_early:
             passed = vs_bare <= STOP_EARLY_BOUND
@@ -172,9 +176,17 @@ def render(variants: list[Variant], args: argparse.Namespace, model: Any, total_
             bound = f"overhead <= {NO_STOP_OVERHEAD_BOUND:.0%}"
             result = f"{'pass' if passed else 'FAIL'} ({vs_bare - 1:+.1%})"
             ok &= passed
-        lines.append(f"| {v.name} | {backend} | {stop} | {med * 1e3:.0f} | {tokens / med:.0f} | {vs_bare:.3f} "
+        lines.append(f"| {v.name} | {backend} | {stop} | {med * 1e3:.0f} | {min(v.times) * 1e3:.0f} "
+                     f"| {tokens / med:.0f} | {vs_bare:.3f} "
                      f"| {vs_torch} | {diff} | {bound} | {result} |")
     return "\n".join(lines), ok
+
+
+def _loadavg() -> str:
+    try:
+        return "{:.2f}".format(os.getloadavg()[0])
+    except OSError:  # pragma: no cover
+        return "?"
 
 
 def _version(name: str) -> str:
@@ -198,8 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a bound fails")
     args = parser.parse_args(argv)
+    args.load_before = _loadavg()
 
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model = ao.load_model("smollm2-135m", dtype=args.dtype)
     gen = torch.Generator().manual_seed(args.seed)
     vocab = model.hf.get_input_embeddings().weight.shape[0]

@@ -29,7 +29,7 @@ from ._common import (
 
 
 def _register(stack: ExitStack, handle: Any) -> None:
-    pass
+    stack.callback(handle.remove)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ architecture builder ``build_arch``; tests marked ``slow`` use ``smollm``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,20 @@ def hook_snapshot(model: Any) -> frozenset[tuple[str, str, int]]:
         for key in getattr(torch_module, attr, {}) or {}:
             out.add(("<global>", attr, int(key)))
     return frozenset(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    """Run the suite on one intra-op thread (override with ``AO_TEST_THREADS``).
+
+    The test models are tiny: a second OpenMP thread buys nothing, and when the 2-core
+    machine is busy its spin-waiting makes a 64-wide matmul ~200x slower (measured:
+    the files below took 90 s instead of 30 s under load).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("AO_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -194,7 +194,7 @@ def test_capture_embedded_end_to_end(tmp_path: Path, smollm) -> None:
     acts = ao.Activations.load(out)
     assert acts.model_name == "smollm2-135m"
     assert (acts.n_layers, acts.d_model, acts.layers, acts.kind) == (30, 576, (7, 15), "residual")
-    from activation_oracles.capture import render
+    from activation_oracles.capturing import render
 
     assert list(acts.token_ids) == render(smollm, "Tell me about owls.")
     assert acts.positions == tuple(range(len(acts.token_ids)))

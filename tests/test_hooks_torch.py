@@ -10,8 +10,6 @@ import activation_oracles as ao
 from activation_oracles.errors import LayerNotFoundError, PositionError
 from activation_oracles.hooks import capture_residuals, inject_residuals
 
-from conftest import TINY_ARCHS
-
 IDS = torch.tensor([[1, 17, 42, 5, 99, 23, 64, 8]])
 
 

@@ -54,8 +54,35 @@ class Prepared:
     answer: str
 
 
+class VocabCachedTokenizer:
+    """A tokenizer view whose ``get_vocab()`` is computed once.
+
+    ``prompt.answer_ids`` looks up the end-of-turn token in ``get_vocab()`` on every call,
+    which costs ~50 ms for a 49k-token vocabulary; the trainer prepares thousands of
+    examples, so it passes this view instead. Everything else is delegated unchanged.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._vocab: dict[str, int] | None = None
+
+    def get_vocab(self) -> dict[str, int]:
+        if self._vocab is None:
+            self._vocab = self._tok.get_vocab()
+        return self._vocab
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tok(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
+
+
 def prepare(example: TrainingExample, tokenizer: Any, config: OracleConfig, n_layers: int) -> Prepared:
     """Build the oracle prompt and answer ids of ``example`` (the source layer is ``int(n_layers * p / 100)``)."""
+    if not 0 < example.layer_percent < 100:
+        raise DataError(f"an example from {example.source!r} has layer_percent={example.layer_percent}, outside "
+                        "(0, 100); builders must draw depths such as 25, 50 or 75.")
     layer = int(n_layers * example.layer_percent / 100)
     prompt = build_prompt(tokenizer, config, layer, example.n_positions, example.question)
     ans = answer_ids(tokenizer, config, prompt, layer, example.question, example.answer)
@@ -275,3 +302,202 @@ def answer_loss_sum(logits_BKV: torch.Tensor, labels_BS: torch.Tensor) -> torch.
     pred = logits_BKV[:, :-1].float()
     return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")
+
+
+# ------------------------------------------------------------------------------------------------------
+# from config sources to an example stream
+# ------------------------------------------------------------------------------------------------------
+
+_TEXT_SOURCE_KEYS = ("source", "texts", "path", "paths", "format", "field", "column", "split_by", "dataset", "dataset_split",
+                     "dataset_config", "limit", "prompts", "n_rollouts", "max_new_tokens", "temperature", "top_p",
+                     "rollout_seed", "rollout_batch_size", "system_prompt")
+KINDS = ("context_prediction", "classification", "system_prompt_qa", "on_policy")
+
+
+def _call_checked(factory: Callable[..., Any], params: dict[str, Any], where: str, extra_valid: Sequence[str] = ()
+                  ) -> Any:
+    """``factory(**params)``, turning unknown keyword arguments into a ConfigError that lists the valid ones."""
+    import inspect
+
+    from ..errors import ConfigError
+
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return factory(**params)
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    valid = [n for n, p in sig.parameters.items()
+             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) and n != "self"]
+    unknown = [k for k in params if k not in valid]
+    if unknown and not accepts_any:
+        raise ConfigError(f"unknown key {unknown[0]!r} in {where}; valid keys are: "
+                          f"{', '.join(sorted(set(valid) | set(extra_valid) | {'kind', 'weight'}))}.")
+    return factory(**params)
+
+
+def _tuple_lists(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) and k not in ("texts", "paths", "tasks", "dialogue_paths", "held_out",
+                                                                  "prompts") else v
+            for k, v in params.items()}
+
+
+def _text_source(params: dict[str, Any], where: str, model: Any) -> Any:
+    """Pick the text source of a context-prediction spec from its keys."""
+    from ..errors import ConfigError
+    from . import sources as S
+
+    name = params.get("name") or "texts"
+    if "source" in params:  # a nested table: {type = "jsonl", paths = [...], ...} (mixture.SOURCE_TYPES)
+        from .mixture import SOURCE_TYPES
+
+        table = dict(params["source"])
+        kind = table.pop("type", None)
+        if kind not in SOURCE_TYPES or kind == "on_policy":
+            raise ConfigError(f"{where}: source.type={kind!r}; expected one of "
+                              f"{', '.join(k for k in SOURCE_TYPES if k != 'on_policy')} (or kind = 'on_policy').")
+        return _call_checked(SOURCE_TYPES[kind], table, f"{where} source")
+    if "texts" in params:
+        return S.TextListSource(list(params["texts"]), name=name)
+    if "dataset" in params:
+        kw = {"split": params.get("dataset_split", "train"), "field": params.get("field", "text"),
+              "config": params.get("dataset_config"), "limit": params.get("limit")}
+        return S.HFDatasetSource(params["dataset"], **kw)
+    paths = params.get("paths", params.get("path"))
+    if paths is None:
+        raise ConfigError(f"{where} names no text: give texts=[...], path=..., paths=[...] or dataset=<hub id>.")
+    fmt = params.get("format") or _guess_format(paths)
+    if fmt == "text":
+        return S.PlainTextSource(paths, split=params.get("split_by", "paragraph"), name=name)
+    if fmt == "jsonl":
+        return S.JsonlSource(paths, field=params.get("field", "text"), name=name)
+    if fmt == "csv":
+        if "column" not in params:
+            raise ConfigError(f"{where}: a CSV text source needs column=<the text column>.")
+        return S.CsvColumnSource(paths, params["column"], name=name)
+    if fmt == "chat":
+        return S.ChatSource(paths, field=params.get("field", "messages"), name=name)
+    raise ConfigError(f"{where}: format={fmt!r}; expected text, jsonl, csv or chat.")
+
+
+def _guess_format(paths: Any) -> str:
+    first = str(paths if isinstance(paths, str) else list(paths)[0]).lower()
+    if first.endswith(".jsonl"):
+        return "jsonl"
+    if first.endswith(".csv"):
+        return "csv"
+    if first.endswith(".json"):
+        return "chat"
+    return "text"
+
+
+def build_builder(spec: Any, layer_percents: Sequence[float], *, where: str = "a data source", model: Any = None
+                  ) -> Any:
+    """The dataset builder a :class:`~.config.SourceSpec` describes.
+
+    ``kind`` is one of :data:`KINDS` or ``"package.module:factory"`` (called with the params).
+    ``layer_percents`` is passed to builders that take it unless the spec sets its own.
+    ``model`` (the target) is needed by ``on_policy``.
+    """
+    import importlib
+
+    from ..errors import ConfigError
+
+    params = _tuple_lists(dict(spec.params))
+    kind = spec.kind
+    if ":" in kind:
+        module_name, _, attr = kind.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{where}: kind={kind!r} cannot be imported ({exc}).") from None
+        import inspect
+
+        try:
+            takes_lp = "layer_percents" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            takes_lp = False
+        if takes_lp:
+            params.setdefault("layer_percents", tuple(layer_percents))
+        return _call_checked(factory, params, where)
+    params.setdefault("layer_percents", tuple(layer_percents))
+    if kind in ("context_prediction", "on_policy"):
+        from .context_prediction import ContextPrediction
+
+        text_params = {k: params.pop(k) for k in list(params) if k in _TEXT_SOURCE_KEYS}
+        if kind == "on_policy":
+            if model is None:
+                raise ConfigError(f"{where}: on_policy needs the target model (the trainer passes it).")
+            from .on_policy import OnPolicySource
+
+            kw = {"prompts": text_params.get("prompts"), "n_rollouts": text_params.get("n_rollouts", 256),
+                  "max_new_tokens": text_params.get("max_new_tokens", 128),
+                  "temperature": text_params.get("temperature", 1.0), "top_p": text_params.get("top_p", 1.0),
+                  "seed": text_params.get("rollout_seed", 0), "batch_size": text_params.get("rollout_batch_size", 8),
+                  "system_prompt": text_params.get("system_prompt")}
+            source = OnPolicySource(model, **kw)
+            params.setdefault("name", "on_policy")
+        else:
+            text_params.setdefault("name", params.get("name"))
+            source = _text_source(text_params, where, model)
+        return _call_checked(_bind_source(ContextPrediction, source), params, where, _TEXT_SOURCE_KEYS)
+    if kind == "classification":
+        from .classification import Classification
+
+        if "data_dir" not in params:
+            raise ConfigError(f"{where}: classification needs data_dir=<folder with gmt/, relations/, ...>.")
+        if "tasks" in params:  # tasks may be names or tables describing a ClassificationTask
+            from .classification import ClassificationTask
+
+            params["tasks"] = [_call_checked(ClassificationTask, _tuple_lists(t), f"{where} tasks")
+                               if isinstance(t, dict) else t for t in params["tasks"]]
+        return _call_checked(Classification, params, where)
+    if kind == "system_prompt_qa":
+        from .system_prompt_qa import SystemPromptQA
+
+        if "qa_path" not in params or "dialogue_paths" not in params:
+            raise ConfigError(f"{where}: system_prompt_qa needs qa_path=<qa.json> and dialogue_paths=[...].")
+        return _call_checked(SystemPromptQA, params, where)
+    raise ConfigError(f"{where}: kind={kind!r} is not known; expected one of {', '.join(KINDS)} or "
+                      "'package.module:factory'.")
+
+
+def _bind_source(cls: Any, source: Any) -> Callable[..., Any]:
+    """``cls(source, **kw)`` with ``cls``'s keyword signature (so unknown keys are reported)."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(cls)
+    params = [p for name, p in sig.parameters.items() if name != "source"]
+
+    @functools.wraps(cls)
+    def make(**kw: Any) -> Any:
+        return cls(source, **kw)
+
+    make.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return make
+
+
+def make_example_stream(specs: Sequence[Any], tokenizer: Any, layer_percents: Sequence[float], seed: int, *,
+                        model: Any = None, section: str = "data") -> Callable[[int], Iterator[TrainingExample]]:
+    """``epoch -> iterator``: the weighted :class:`~.mixture.Mixture` of the builders ``specs`` describe.
+
+    The whole stream is fixed by ``seed`` (and the epoch, for finite builders that end).
+    Every process builds the same global stream; the trainer shares out each batch.
+    The returned function has ``.mixture`` (for its summary) and ``.builders``.
+    """
+    from ..errors import ConfigError
+    from .mixture import Mixture
+
+    if not specs:
+        raise ConfigError(f"{section}.sources is empty; add at least one [[{section}.sources]] table "
+                          "(or use --preset tiny).")
+    builders = [build_builder(s, layer_percents, where=f"{section}.sources[{i}] ({s.kind})", model=model)
+                for i, s in enumerate(specs)]
+    mixture = Mixture(builders, [float(s.weight) for s in specs], seed=seed, name=section)
+
+    def stream(epoch: int) -> Iterator[TrainingExample]:
+        return mixture.examples(tokenizer, None if epoch == 0 else Random(f"{seed}:epoch:{epoch}"))
+
+    stream.mixture = mixture  # type: ignore[attr-defined]
+    stream.builders = builders  # type: ignore[attr-defined]
+    return stream

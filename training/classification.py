@@ -116,7 +116,8 @@ def _default_tasks() -> dict[str, ClassificationTask]:
             f"headline_{key}", f"engels/{num}_headline_{key}.csv", text_column="prompt", label_column="target",
             labels={"True": cls, "False": f"not_{cls}"}, mode="label", paraphrase_key=f"engels.headline_{key}",
             group="headlines", held_out=True,
-            questions={cls: (f"Is this headline about {who}?",), f"not_{cls}": (f"Is this headline not about {who}?",)}))
+            questions={cls: (f"Is this headline about {who}?",),
+                       f"not_{cls}": (f"Is this headline not about {who}?",)}))
     return {t.name: t for t in tasks}
 
 
@@ -207,8 +208,9 @@ class Classification:
         question_prefix: put before every question (reference: "Answer with 'Yes' or 'No' only. ").
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None, *, tasks: Sequence[str | ClassificationTask] | None = None,
-                 split: str = "train", held_out: Sequence[str] | None = None,
+    def __init__(self, data_dir: str | os.PathLike[str] | None, *,
+                 tasks: Sequence[str | ClassificationTask] | None = None, split: str = "train",
+                 held_out: Sequence[str] | None = None,
                  paraphrases: str | os.PathLike[str] | None = None, context_format: str = "plain",
                  layer_percents: Sequence[float] = (25, 50, 75), single_fraction: float = 2 / 3,
                  end_offsets: Sequence[int] = (1, 5), window_sizes: Sequence[int] = (1, 50),

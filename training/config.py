@@ -261,7 +261,7 @@ def validate(cfg: TrainConfig) -> None:
         if not (0 < p < 100):
             raise ConfigError(f"data.layer_percents holds {p}, outside (0, 100); layer percents are depths such "
                               "as 25, 50 or 75 (block int(n_layers * p / 100)).")
-    need(d.max_length >= 2, "data.max_length", d.max_length, "an integer >= 2")
+    need(d.max_length >= 1, "data.max_length", d.max_length, "an integer >= 1")
     need(d.max_positions >= 1, "data.max_positions", d.max_positions, "an integer >= 1")
     need(d.group_batches >= 1, "data.group_batches", d.group_batches, "an integer >= 1")
     for section, sources in (("data", d.sources), ("eval", cfg.eval.sources)):

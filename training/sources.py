@@ -6,18 +6,19 @@ tokenizer's own special tokens, as ``ao.capture(..., chat=False)`` does), chat
 dialogues go through the target's chat template. Sources take paths (or a hub
 dataset id when online); nothing here reads a fixed data folder.
 
->>> from transformers import AutoTokenizer                   # doctest: +SKIP
->>> tok = AutoTokenizer.from_pretrained("gpt2")              # doctest: +SKIP
->>> src = TextListSource(["The cat sat on the mat.", "Owls hunt at night."])
->>> [len(ids) > 0 for ids in src.documents(tok)]              # doctest: +SKIP
-[True, True]
+>>> from transformers import AutoTokenizer
+>>> from activation_oracles.embedded import embedded_dir
+>>> tok = AutoTokenizer.from_pretrained(str(embedded_dir()))
+>>> src = TextListSource(["The cat sat on the mat.", [{"role": "user", "content": "Hi!"}]])
+>>> [tok.decode(ids)[:16] for ids in src.documents(tok)]
+['The cat sat on t', '<|im_start|>syst']
 
 Readers: :class:`TextListSource` (in memory), :class:`PlainTextSource` (text
 files, split into paragraphs, lines, or whole files), :class:`JsonlSource` (a
 text field per line), :class:`CsvColumnSource` (one CSV column),
 :class:`ChatSource` (JSON/JSONL dialogues rendered with the chat template),
-:class:`HFDatasetSource` (a Hugging Face dataset id; needs the network unless
-cached, and fails fast with ``OfflineError`` when offline). ``ao``'s on-policy
+:class:`HFDatasetSource` (a Hugging Face dataset id; needs the network,
+and fails fast with ``OfflineError`` when offline). ``ao``'s on-policy
 rollouts (:mod:`activation_oracles.training.on_policy`) are a source too.
 """
 
@@ -279,7 +280,7 @@ class ChatSource:
 class HFDatasetSource:
     """A Hugging Face dataset id, streamed; ``field`` holds text (or a dialogue, chat-templated).
 
-    Needs the network unless the dataset is cached; offline (or with ``HF_HUB_OFFLINE``/
+    Needs the network; offline (or with ``HF_HUB_OFFLINE``/
     ``HF_DATASETS_OFFLINE`` set) it raises :class:`OfflineError` at once instead of hanging.
     """
 
@@ -292,17 +293,17 @@ class HFDatasetSource:
         self.name = name or dataset_id
 
     def _load(self) -> Any:
+        offline_env = any(os.environ.get(k, "").lower() in {"1", "true", "yes", "on"}
+                          for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+        if offline_env or not _hub_reachable():  # checked before the (slow) import: fail fast
+            raise OfflineError(f"Hugging Face dataset {self.dataset_id!r} needs the hub, which cannot be reached "
+                               "(offline, or HF_HUB_OFFLINE is set). Export it to a JSONL/CSV/text file on a "
+                               "connected machine and use JsonlSource, CsvColumnSource or PlainTextSource.")
         try:
             import datasets
         except ImportError:
             raise ConfigError("HFDatasetSource needs the 'datasets' package; pip install datasets, or save the "
                               "data to a local JSONL file and use JsonlSource.") from None
-        offline_env = any(os.environ.get(k, "").lower() in {"1", "true", "yes", "on"}
-                          for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-        if offline_env or not _hub_reachable():
-            raise OfflineError(f"Hugging Face dataset {self.dataset_id!r} needs the hub, which cannot be reached "
-                               "(offline, or HF_HUB_OFFLINE is set). Export it to a JSONL/CSV/text file on a "
-                               "connected machine and use JsonlSource, CsvColumnSource or PlainTextSource.")
         return datasets.load_dataset(self.dataset_id, self.config, split=self.split, streaming=self.streaming)
 
     def documents(self, tokenizer: Any) -> Iterator[list[int]]:

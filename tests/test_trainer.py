@@ -1,0 +1,242 @@
+"""The trainer: config tree, batching, a tiny run whose loss falls, the oracle directory, and bad input.
+
+The tiny run (``--preset tiny``: a 4-block random Llama, built-in sentences) is trained
+once per module and shared by the tests that inspect its output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from random import Random
+
+import pytest
+import torch
+
+from activation_oracles.errors import ConfigError, DataError, OutputDirError
+from activation_oracles.training.batching import (IGNORE, BatchStream, answer_loss_sum, collate_oracle,
+                                                  collate_target, make_example_stream, prepare, split_micro)
+from activation_oracles.training.config import SourceSpec, TrainConfig, apply_overrides
+from activation_oracles.training.example import TrainingExample
+from activation_oracles.training.presets import TINY_TEXTS, preset
+
+
+def quiet(cfg: TrainConfig, **eval_changes) -> TrainConfig:
+    return replace(cfg, output=replace(cfg.output, progress=False),
+                   eval=replace(cfg.eval, **eval_changes) if eval_changes else cfg.eval)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny preset trained once (in this process, one thread)."""
+    from activation_oracles.training.trainer import Trainer
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("tiny") / "oracle"
+    try:
+        result = Trainer(quiet(preset("tiny")), out_dir=out).train()
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+# -- config ------------------------------------------------------------------------------------------
+
+def test_config_round_trips_through_toml_and_yaml():
+    cfg = apply_overrides(preset("tiny"), ["optim.lr=5e-4", "data.sources.1.weight=2", "lora.target_modules=q_proj"])
+    assert cfg.optim.lr == 5e-4 and cfg.data.sources[1].weight == 2.0 and cfg.lora.target_modules == ("q_proj",)
+    assert TrainConfig.from_toml(cfg.to_toml()) == cfg
+    assert TrainConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_config_file_applies_on_top_of_a_preset(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[optim]\nlr = 0.01\n\n[[data.sources]]\nkind = \"context_prediction\"\ntexts = [\"a b c d e\"]\n")
+    cfg = TrainConfig.load(path, base=preset("tiny"))
+    assert cfg.optim.lr == 0.01 and cfg.model.name == "tiny"
+    assert [s.kind for s in cfg.data.sources] == ["context_prediction"]
+    assert cfg.data.sources[0].params == {"texts": ["a b c d e"]}
+
+
+def test_unknown_config_key_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'lrate' in \[optim\]; valid keys are: .*batch_size.*lr"):
+        TrainConfig.from_toml("[optim]\nlrate = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'modle' in the top level; valid keys are: checkpoint"):
+        apply_overrides(TrainConfig(), ["modle.name=x"])
+    with pytest.raises(ConfigError, match="unknown key 'colour'.*valid keys are: .*directions.*n_positions"):
+        make_example_stream([SourceSpec("context_prediction", 1.0, {"texts": ["a b c"], "colour": 1})],
+                            None, (50.0,), 0)
+
+
+def test_layer_percent_outside_0_100_raises():
+    for bad in ("[0, 50]", "[50, 100]", "[-5]", "[150]"):
+        with pytest.raises(ConfigError, match=r"outside \(0, 100\)"):
+            apply_overrides(TrainConfig(), [f"data.layer_percents={bad}"])
+    ex = TrainingExample((1, 2, 3), (2,), 100.0, "q?", "a", "s")
+    with pytest.raises(DataError, match=r"layer_percent=100.0, outside \(0, 100\)"):
+        prepare(ex, None, None, 4)  # type: ignore[arg-type]
+
+
+def test_cli_reports_bad_config_with_exit_status_2(capsys):
+    from activation_oracles.training.cli import main
+
+    assert main(["--preset", "tiny", "--set", "optim.nope=1"]) == 2
+    assert "valid keys are" in capsys.readouterr().err
+    assert main(["--set", "optim.lr=1"]) == 2
+    assert "--config FILE or --preset" in capsys.readouterr().err
+    assert main(["--preset", "tiny", "--print-config", "--set", "optim.lr=0.5"]) == 0
+    assert "lr = 0.5" in capsys.readouterr().out
+
+
+# -- data errors -------------------------------------------------------------------------------------
+
+def test_missing_and_empty_data_files_raise(tmp_path, embedded_tokenizer):
+    with pytest.raises(DataError, match="does not exist"):
+        make_example_stream([SourceSpec("context_prediction", 1.0, {"path": str(tmp_path / "nope.txt")})],
+                            embedded_tokenizer, (50.0,), 0)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        make_example_stream([SourceSpec("context_prediction", 1.0, {"path": str(empty)})],
+                            embedded_tokenizer, (50.0,), 0)
+
+
+def test_missing_label_column_raises(tmp_path, embedded_tokenizer):
+    (tmp_path / "gmt").mkdir()
+    (tmp_path / "gmt" / "cities.csv").write_text("statement,truth\nParis is in France.,1\n")
+    spec = SourceSpec("classification", 1.0, {"data_dir": str(tmp_path), "tasks": ["gmt/cities"]})
+    with pytest.raises(DataError, match=r"no column\(s\) \['label'\]; its columns are \['statement', 'truth'\]"):
+        next(make_example_stream([spec], embedded_tokenizer, (50.0,), 0)(0))
+
+
+def test_all_contexts_longer_than_max_length_raises(tmp_path):
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(quiet(preset("tiny")), ["data.max_length=1"])
+    trainer = Trainer(cfg, out_dir=tmp_path / "run")
+    with pytest.raises(DataError, match="every example's context is longer than data.max_length=1"):
+        trainer.train()
+
+
+def test_output_dir_holding_another_run_is_refused_and_left_alone(tiny_run, tmp_path):
+    from activation_oracles.training.trainer import Trainer
+
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.out_dir.iterdir()}
+    with pytest.raises(OutputDirError, match="already holds a run.*--resume.*--overwrite"):
+        Trainer(quiet(preset("tiny")), out_dir=tiny_run.out_dir)
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.out_dir.iterdir()} == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty and holds no training run"):
+        Trainer(quiet(preset("tiny")), out_dir=foreign)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+# -- batching ----------------------------------------------------------------------------------------
+
+def _examples(tok, n=12, seed=0):
+    rng = Random(seed)
+    out = []
+    for i in range(n):
+        ids = tuple(tok(TINY_TEXTS[i % len(TINY_TEXTS)], add_special_tokens=False)["input_ids"])
+        k = rng.randint(1, 3)
+        out.append(TrainingExample(ids, tuple(range(len(ids) - k, len(ids))), 50.0, "What is it?",
+                                   rng.choice(["Yes", "a cat"]), "demo"))
+    return out
+
+
+def test_collation_left_pads_and_labels_only_answers(embedded_tokenizer):
+    from activation_oracles.config import OracleConfig
+
+    cfg = OracleConfig(base_model="tiny", n_layers=4, d_model=64)
+    items = [prepare(ex, embedded_tokenizer, cfg, 4) for ex in _examples(embedded_tokenizer, 5)]
+    tb = collate_target(items, 0)
+    for i, p in enumerate(items):
+        row = tb.input_ids[i, tb.offsets[i]:].tolist()
+        assert row == list(p.context_ids) and tb.attention_mask[i, :tb.offsets[i]].sum() == 0
+        assert tb.position_ids[i, tb.offsets[i]:].tolist() == list(range(len(p.context_ids)))
+    ob = collate_oracle(items, 0)
+    width = ob.input_ids.shape[1]
+    for i, p in enumerate(items):
+        labelled = (ob.labels[i] != IGNORE).nonzero().flatten().tolist()
+        assert labelled == list(range(width - p.n_answer, width))
+        assert ob.input_ids[i, width - len(p.oracle_ids):].tolist() == list(p.oracle_ids)
+        assert ob.labels[i, labelled].tolist() == list(p.oracle_ids[-p.n_answer:])
+    # The loss from the last `keep` logits equals the loss from all logits.
+    logits = torch.randn(len(items), width, 50)
+    labels = ob.labels.clamp(max=49).where(ob.labels != IGNORE, ob.labels)
+    full = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), labels[:, 1:].reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    assert torch.allclose(answer_loss_sum(logits[:, -ob.keep:], labels), full)
+
+
+def test_batch_stream_groups_lengths_deterministically(embedded_tokenizer):
+    exs = _examples(embedded_tokenizer, 64)
+
+    def factory(epoch):
+        return iter(exs)
+
+    a = [b for b, _ in zip(BatchStream(factory, batch_size=4, group_batches=4, seed=1), range(20))]
+    b = [b for b, _ in zip(BatchStream(factory, batch_size=4, group_batches=4, seed=1), range(20))]
+    assert a == b and all(len(x) == 4 for x in a)
+    assert split_micro(list(range(5)), 2) == [[0, 1, 2], [3, 4]]
+
+
+# -- the tiny run ------------------------------------------------------------------------------------
+
+def test_tiny_run_loss_falls(tiny_run):
+    losses = tiny_run.losses
+    assert len(losses) == 60 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first - 2.0, (first, last)
+
+
+def test_tiny_run_writes_an_oracle_directory(tiny_run):
+    out = tiny_run.out_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "oracle_config.json", "config.toml",
+                 "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    assert not (out / "default").exists()  # adapter at the top level, not in a PEFT subfolder
+    from activation_oracles.config import OracleConfig
+
+    oc = OracleConfig.load(out / "oracle_config.json")
+    assert (oc.n_layers, oc.d_model, oc.injection_layer) == (4, 64, 1)
+    assert oc.lora["r"] == 8 and "lm_head" in oc.lora["target_modules"]
+    t = oc.training
+    assert t["steps"] == 60 and t["examples"] == 480 and t["wall_time_s"] > 0
+    assert set(t["data"]["used"]) == {"context_prediction", "tiny_yes_no"}
+    assert sum(t["data"]["used"].values()) == 480
+    assert TrainConfig.from_dict(t["config"]) == TrainConfig.from_toml((out / "config.toml").read_text())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval/loss" in r]
+    assert [r["step"] for r in train] == list(range(5, 61, 5))
+    assert all(r["tokens_per_s"] > 0 for r in train)
+    assert [r["step"] for r in evals] == [30, 60]
+    assert {"eval/yes_no_acc", "eval/exact_match"} <= set(evals[-1])
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"] + 1.0
+
+
+def test_trained_tiny_oracle_loads_and_answers(tiny_run, embedded_tokenizer):
+    import activation_oracles as ao
+    from activation_oracles.tiny import tiny_model
+
+    target = tiny_model(tokenizer=embedded_tokenizer)
+    oracle = ao.load_oracle(tiny_run.out_dir, base=target)
+    acts = ao.capture(target, "The owl hunts mice at night.", layer_percent=50)
+    answer = oracle.ask(acts, "Does this text mention an animal?", max_new_tokens=4)
+    assert isinstance(answer, str)
+    probs = oracle.choose(acts, "Does this text mention an animal?", ["Yes", "No"])
+    assert set(probs) == {"Yes", "No"} and abs(sum(probs.values()) - 1) < 1e-5
+
+
+def test_eval_scores_yes_no_and_exact_match(tiny_run, tmp_path):
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(quiet(preset("tiny")), ["optim.steps=1", "eval.n_examples=8"])
+    trainer = Trainer(cfg, out_dir=tmp_path / "e")
+    metrics = trainer.evaluate()
+    assert metrics["eval/n"] == 8 and 0 <= metrics["eval/yes_no_acc"] <= 1 and 0 <= metrics["eval/exact_match"] <= 1
+    assert metrics["eval/n_yes_no"] + metrics["eval/n_exact"] == 8

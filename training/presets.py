@@ -1,0 +1,213 @@
+"""Named starting configurations: ``tiny`` (CI smoke run) and ``smollm2-135m`` (the embedded model's oracle).
+
+``ao train --preset NAME`` starts from one of these; a ``--config`` file and
+``--set`` overrides are applied on top.
+
+* ``tiny``: a 4-block random Llama (d_model 64) with the SmolLM2 tokenizer, trained on
+  built-in sentences (context prediction plus a small yes/no task), 60 steps; it runs
+  in well under a minute on a laptop CPU and needs no data files.
+* ``smollm2-135m``: the recipe of the embedded model's shipped oracle: the reference
+  mixture (context prediction, classification, system-prompt QA) at CPU scale, about an
+  hour on a 2-core CPU. With a CUDA GPU it scales to the reference's size (``--set
+  data.n_examples=1000000``, r=64, lr 1e-5). It reads the data under ``data_dir`` (the
+  repository's ``shared/data`` layout: ``classification/``, ``latentqa/``, ``truthfulqa/``).
+
+>>> preset("tiny").model.name
+'tiny'
+>>> sorted(PRESETS)
+['smollm2-135m', 'tiny']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from random import Random
+from typing import Any
+
+from ..errors import ConfigError
+from .config import (CheckpointSection, DataSection, EvalSection, LoraSection, ModelSection, OptimSection,
+                     OutputSection, SourceSpec, TrainConfig)
+from .example import TrainingExample
+
+# -- tiny data: short sentences, some about animals (the yes/no task) ---------------------------------
+
+TINY_TEXTS = (
+    "The owl hunts mice in the quiet forest at night.",
+    "A red car stopped at the corner of the busy street.",
+    "My grandmother bakes bread every Sunday morning.",
+    "The cat slept on the warm windowsill all afternoon.",
+    "Engineers tested the new bridge before opening it.",
+    "A dolphin jumped out of the water near the boat.",
+    "The library closes early on public holidays.",
+    "Two horses grazed in the green field by the river.",
+    "She wrote the report and sent it to her manager.",
+    "The dog barked at the mail carrier every day.",
+    "Rain fell on the city for three days in a row.",
+    "A small rabbit hid under the garden fence.",
+    "The orchestra played a symphony by Beethoven.",
+    "Bees collect nectar from the flowers in spring.",
+    "He repaired the old clock with a tiny screwdriver.",
+    "The elephant sprayed water over its back.",
+    "Students studied for the exam in the library.",
+    "A fox crossed the snowy road at dawn.",
+    "The bakery sells fresh croissants and coffee.",
+    "Wolves howled on the hill under the full moon.",
+    "The train to Paris leaves at nine o'clock.",
+    "A parrot repeated every word the sailor said.",
+    "The committee approved the budget for next year.",
+    "Salmon swim upstream to lay their eggs.",
+    "The painter mixed blue and yellow to make green.",
+    "A tiger rested in the shade of a large tree.",
+    "The server crashed during the software update.",
+    "Penguins huddle together to stay warm in winter.",
+    "The chef added salt and pepper to the soup.",
+    "A squirrel buried acorns in the backyard.",
+    "The museum opened a new exhibition on ancient Egypt.",
+    "Frogs sang loudly in the pond after the storm.",
+)
+_ANIMALS = ("owl", "cat", "dolphin", "horses", "dog", "rabbit", "elephant", "bees", "fox", "wolves", "parrot",
+            "salmon", "tiger", "penguins", "squirrel", "frogs")
+
+
+def mentions_animal(text: str) -> bool:
+    words = {w.strip(".,!?'").lower() for w in text.split()}
+    return any(a in words for a in _ANIMALS)
+
+
+class TinyYesNo:
+    """A balanced yes/no builder on :data:`TINY_TEXTS`: "Does this text mention an animal?".
+
+    Positions are the last 1-3 tokens of the sentence, like the classification builder's
+    end-of-context windows. For the tiny preset and tests only.
+    """
+
+    QUESTION = "Answer with 'Yes' or 'No' only. Does this text mention an animal?"
+
+    def __init__(self, *, layer_percents: tuple[float, ...] = (25.0, 50.0, 75.0), split: str = "train",
+                 name: str = "tiny_yes_no") -> None:
+        if split not in ("train", "test"):
+            raise ConfigError(f"split={split!r}; expected 'train' or 'test'.")
+        texts = list(TINY_TEXTS)
+        test = set(texts[::4])
+        self.texts = [t for t in texts if (t in test) == (split == "test")]
+        self.layer_percents = tuple(float(p) for p in layer_percents)
+        self.name = name
+
+    def examples(self, tokenizer: Any, rng: Random) -> Iterator[TrainingExample]:
+        yes = [t for t in self.texts if mentions_animal(t)]
+        no = [t for t in self.texts if not mentions_animal(t)]
+        while True:
+            label = rng.random() < 0.5
+            text = rng.choice(yes if label else no)
+            ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+            k = rng.randint(1, min(3, len(ids)))
+            yield TrainingExample(context_ids=ids, positions=tuple(range(len(ids) - k, len(ids))),
+                                  layer_percent=rng.choice(self.layer_percents), question=self.QUESTION,
+                                  answer="Yes" if label else "No", source=self.name)
+
+
+# -- presets ------------------------------------------------------------------------------------------
+
+TINY_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def tiny() -> TrainConfig:
+    """The CI smoke run: tiny random model, tiny built-in data, ~60 steps, well under a minute."""
+    texts = list(TINY_TEXTS)
+    sources = (
+        SourceSpec("context_prediction", 0.6, {"texts": texts, "n_positions": [1, 4], "n_tokens": [1, 3],
+                                               "shuffle_buffer": 1, "name": "context_prediction"}),
+        SourceSpec("activation_oracles.training.presets:TinyYesNo", 0.4, {}),
+    )
+    eval_sources = (
+        SourceSpec("context_prediction", 0.5, {"texts": texts[::4], "n_positions": [1, 4], "n_tokens": [1, 2],
+                                               "shuffle_buffer": 1, "name": "context_prediction"}),
+        SourceSpec("activation_oracles.training.presets:TinyYesNo", 0.5, {"split": "test"}),
+    )
+    return TrainConfig(
+        model=ModelSection(name="tiny", tiny_layers=4, tiny_d_model=64),
+        # lm_head too: a random 64-wide model's tied head cannot move its logits far enough otherwise.
+        lora=LoraSection(r=8, alpha=16.0, dropout=0.05, target_modules=TINY_TARGETS),
+        optim=OptimSection(lr=3e-3, batch_size=8, grad_accum=1, bf16=False, seed=0, num_threads=1),
+        data=DataSection(sources=sources, n_examples=480, max_length=64, max_positions=8, group_batches=4),
+        checkpoint=CheckpointSection(every=20, keep=2),
+        eval=EvalSection(every=30, n_examples=16, sources=eval_sources, batch_size=16, max_new_tokens=6),
+        output=OutputSection(dir="runs/tiny", log_every=5),
+    )
+
+
+def _shared_data() -> Path | None:
+    env = os.environ.get("AO_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        for candidate in (parent / "shared" / "data", parent.parent / "shared" / "data"):
+            if (candidate / "classification").is_dir():
+                return candidate
+    return None
+
+
+def smollm2_135m(data_dir: str | os.PathLike[str] | None = None) -> TrainConfig:
+    """The embedded model's oracle: reference mixture at CPU scale (~1 h on 2 cores).
+
+    ``data_dir`` (default ``$AO_DATA_DIR`` or a ``shared/data`` folder beside the
+    checkout) holds ``classification/``, ``latentqa/`` and ``truthfulqa/``.
+    """
+    root = Path(data_dir).expanduser() if data_dir is not None else _shared_data()
+    if root is None:
+        raise ConfigError("the smollm2-135m preset needs its data folder (classification/, latentqa/, truthfulqa/); "
+                          "set AO_DATA_DIR=/path/to/data, or write the [[data.sources]] in a --config file.")
+    cls_dir = str(root / "classification")
+    lqa = root / "latentqa"
+    lqa_qa = str(lqa / "train" / "qa.json") if (lqa / "train" / "qa.json").exists() else str(lqa / "eval" / "qa.json")
+    dialogues = [str(p) for p in sorted((lqa / "train").glob("*.json")) if p.name != "qa.json"] or \
+        [str(p) for p in sorted((lqa / "eval").glob("*.json")) if p.name != "qa.json"]
+    tqa = str(root / "truthfulqa" / "TruthfulQA.csv")
+    texts_common = {"max_context_tokens": 128, "shuffle_buffer": 256}
+    sources = (
+        # ~60%: context prediction, on the model's own rollouts and on question/answer text.
+        SourceSpec("on_policy", 0.30, {"n_rollouts": 384, "max_new_tokens": 96, "rollout_seed": 0,
+                                       "rollout_batch_size": 16, "n_positions": [1, 16], "n_tokens": [1, 12],
+                                       **texts_common}),
+        SourceSpec("context_prediction", 0.15, {"path": tqa, "column": "Best Answer", "n_positions": [1, 16],
+                                                "n_tokens": [1, 12], "name": "cp_truthfulqa_answers",
+                                                **texts_common}),
+        SourceSpec("context_prediction", 0.15, {"path": tqa, "column": "Question", "n_positions": [1, 1],
+                                                "n_tokens": [1, 8], "name": "cp_truthfulqa_single",
+                                                **texts_common}),
+        # ~33%: yes/no classification (held-out tasks stay out of training).
+        SourceSpec("classification", 0.33, {"data_dir": cls_dir, "split": "train", "max_context_tokens": 128}),
+        # ~6%: system-prompt QA.
+        SourceSpec("system_prompt_qa", 0.07, {"qa_path": lqa_qa, "dialogue_paths": dialogues, "split": "train",
+                                              "max_context_tokens": 128}),
+    )
+    eval_sources = (
+        SourceSpec("classification", 0.5, {"data_dir": cls_dir, "split": "held_out", "max_context_tokens": 128}),
+        SourceSpec("classification", 0.3, {"data_dir": cls_dir, "split": "test", "max_context_tokens": 128,
+                                           "name": "classification_test_rows"}),
+        SourceSpec("context_prediction", 0.2, {"path": tqa, "column": "Question", "n_positions": [1, 1],
+                                               "n_tokens": [1, 3], "name": "cp_truthfulqa_single",
+                                               **texts_common}),
+    )
+    return TrainConfig(
+        model=ModelSection(name="smollm2-135m", dtype="fp32"),
+        lora=LoraSection(r=32, alpha=64.0, dropout=0.05),
+        optim=OptimSection(lr=2e-4, batch_size=16, grad_accum=1, bf16=True, seed=0),
+        data=DataSection(sources=sources, n_examples=12_000, max_length=128, max_positions=16, group_batches=16),
+        checkpoint=CheckpointSection(every=50, keep=2),
+        eval=EvalSection(every=250, n_examples=64, sources=eval_sources, batch_size=16, max_new_tokens=12),
+        output=OutputSection(dir="runs/smollm2-135m", log_every=10),
+    )
+
+
+PRESETS = {"tiny": tiny, "smollm2-135m": smollm2_135m}
+
+
+def preset(name: str, **kwargs: Any) -> TrainConfig:
+    """The named preset's config."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {', '.join(sorted(PRESETS))}.")
+    return PRESETS[name](**kwargs)
