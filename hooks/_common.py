@@ -261,3 +261,15 @@ class ResidualCache(dict):
     def __repr__(self) -> str:
         shapes = {k: tuple(v.shape) for k, v in self.items()}
         return f"ResidualCache({shapes})"
+
+
+def select_positions(hidden_BSD: torch.Tensor, positions: Any, info: PassInfo) -> torch.Tensor:
+    """The captured value: every position (a copy), or each row's requested positions."""
+    if positions is None:
+        return hidden_BSD.clone()
+    batch, seq_len = hidden_BSD.shape[:2]
+    per_row = positions if isinstance(positions[0], list) else [positions] * batch
+    if len(per_row) != batch:
+        raise PositionError(f"positions were given for {len(per_row)} rows but the batch has {batch}; "
+                            "pass one list per row or one shared list.")
+    return torch.stack([hidden_BSD[b, absolute_positions(list(p), b, seq_len, info)] for b, p in enumerate(per_row)])

@@ -31,8 +31,8 @@ Leaving nothing behind:
   puts them back exactly when it closes (normal exit, exception, KeyboardInterrupt).
 - Importing nnsight patches ``torch.Tensor.backward`` and mounts ``.save`` on
   every Python object. When this module is the one that first imports nnsight it
-  undoes both (we only use ``nnsight.save(x)`` semantics through shared objects).
-  Import nnsight yourself beforehand to keep its patches for your own traces.
+  undoes both (the trace body here hands results back through a shared dict and
+  needs neither). Import nnsight yourself beforehand to keep them for your own traces.
 - No tokenizer is touched: the backbone is wrapped with the plain ``NNsight``
   envoy, not ``LanguageModel`` (which switches tokenizers to left padding).
 """
@@ -48,17 +48,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import BackendError, PositionError
+from ..errors import BackendError
 from ..models import Model
 from ._common import (
     Injection,
     PassInfo,
     ResidualCache,
     StopForward,
-    absolute_positions,
     apply_injection,
     block_hidden,
     make_pass_recorder,
+    select_positions,
     replace_hidden,
 )
 
@@ -94,18 +94,6 @@ def _import_nnsight() -> Any:
         raise BackendError(f"backend='nnsight' needs nnsight >= 0.8, found {nnsight.__version__}; "
                            "upgrade it (pip install -U nnsight) or use backend='torch'.")
     return nnsight
-
-
-def select_positions(hidden_BSD: torch.Tensor, positions: Any, info: PassInfo) -> torch.Tensor:
-    """The captured value: every position (a copy), or each row's requested positions."""
-    if positions is None:
-        return hidden_BSD.clone()
-    batch, seq_len = hidden_BSD.shape[:2]
-    per_row = positions if isinstance(positions[0], list) else [positions] * batch
-    if len(per_row) != batch:
-        raise PositionError(f"positions were given for {len(per_row)} rows but the batch has {batch}; "
-                            "pass one list per row or one shared list.")
-    return torch.stack([hidden_BSD[b, absolute_positions(list(p), b, seq_len, info)] for b, p in enumerate(per_row)])
 
 
 @dataclass(eq=False)

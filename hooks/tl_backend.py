@@ -47,16 +47,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import BackendError, PositionError
+from ..errors import BackendError
 from ..models import Model
 from ._common import (
     Injection,
     PassInfo,
     ResidualCache,
     StopForward,
-    absolute_positions,
     apply_injection,
     make_pass_recorder,
+    select_positions,
 )
 
 BACKEND = "transformer_lens"
@@ -64,22 +64,6 @@ _MISSING = object()
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 
-
-def select_positions(hidden_BSD: torch.Tensor, positions: Any, info: PassInfo) -> torch.Tensor:
-    """The captured value: every position (a copy), or each row's requested positions."""
-    if positions is None:
-        return hidden_BSD.clone()
-    batch, seq_len = hidden_BSD.shape[:2]
-    per_row = positions if isinstance(positions[0], list) else [positions] * batch
-    if len(per_row) != batch:
-        raise PositionError(f"positions were given for {len(per_row)} rows but the batch has {batch}; "
-                            "pass one list per row or one shared list.")
-    return torch.stack([hidden_BSD[b, absolute_positions(list(p), b, seq_len, info)] for b, p in enumerate(per_row)])
-
-
-# ---------------------------------------------------------------------------------------------
-# The bridge, built on a parameter-sharing copy and cached per model object
-# ---------------------------------------------------------------------------------------------
 
 def _version(t: torch.Tensor) -> int:
     try:
@@ -125,6 +109,9 @@ def _build(model: Model) -> _Bridge:
             hooks = getattr(module, name, None)
             if hooks:
                 hooks.clear()
+        # transformers marks a model whose output-recording hooks (output_hidden_states=...) are in
+        # place; they were just dropped, so let it install them again on first use
+        module.__dict__.pop("_output_capturing_hooks_installed", None)
     base = clone.get_base_model() if callable(getattr(clone, "get_base_model", None)) else clone  # PEFT
     layers = list(clone.get_submodule(model.layers_path))
     architecture = type(base).__name__

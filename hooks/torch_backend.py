@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from ..models import Model
@@ -20,11 +19,11 @@ from ._common import (
     PassInfo,
     ResidualCache,
     StopForward,
-    absolute_positions,
     apply_injection,
     block_hidden,
     make_pass_recorder,
     replace_hidden,
+    select_positions,
 )
 
 
@@ -32,8 +31,19 @@ def _register(stack: ExitStack, handle: Any) -> None:
     stack.callback(handle.remove)
 
 
+def _refuse_inside_other_backend(model: Model) -> None:
+    """Another backend routes the backbone elsewhere while its block is open: torch hooks would see nothing."""
+    other = getattr(model.backbone.__dict__.get("forward"), "_ao_backend", None)
+    if other is not None:
+        from ..errors import BackendError
+
+        raise BackendError(f"a {other!r} hook block is open on this model; nested blocks must use the same backend "
+                           f"(pass backend={other!r}) or close the outer block first.")
+
+
 @contextmanager
 def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_early: bool) -> Iterator[ResidualCache]:
+    _refuse_inside_other_backend(model)
     cache = ResidualCache()
     info = PassInfo()
     deepest = max(idx for _, idx in resolved)
@@ -43,20 +53,7 @@ def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_
 
     def make_hook(idx: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            hidden_BSD = block_hidden(output).detach()
-            if positions is None:
-                value = hidden_BSD.clone()
-            else:
-                per_row = positions if isinstance(positions[0], list) else [positions] * hidden_BSD.shape[0]
-                if len(per_row) != hidden_BSD.shape[0]:
-                    from ..errors import PositionError
-
-                    raise PositionError(f"positions were given for {len(per_row)} rows but the batch has "
-                                        f"{hidden_BSD.shape[0]}; pass one list per row or one shared list.")
-                value = torch.stack([
-                    hidden_BSD[b, absolute_positions(list(p), b, hidden_BSD.shape[1], info)]
-                    for b, p in enumerate(per_row)
-                ])
+            value = select_positions(block_hidden(output).detach(), positions, info)
             for given in by_index[idx]:
                 cache[given] = value
             cache.attention_mask = info.mask
@@ -77,6 +74,7 @@ def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_
 
 @contextmanager
 def inject(model: Model, idx: int, injection: Injection) -> Iterator[None]:
+    _refuse_inside_other_backend(model)
     info = PassInfo()
 
     def hook(module: nn.Module, args: tuple, output: Any) -> Any:

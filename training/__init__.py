@@ -1,1 +1,43 @@
-"""Training activation oracles (dataset builders, mixture, trainer). Filled in by the training work."""
+"""Train activation oracles: dataset builders, the mixture, and the trainer.
+
+>>> from activation_oracles.training import ContextPrediction, TextListSource, Mixture
+>>> builder = ContextPrediction.single_token(TextListSource(["The cat sat on the mat today."]))  # doctest: +SKIP
+
+Names load lazily, so importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "TrainingExample": "example",
+    "ContextPrediction": "context_prediction",
+    "Classification": "classification",
+    "ClassificationTask": "classification",
+    "DEFAULT_TASKS": "classification",
+    "SystemPromptQA": "system_prompt_qa",
+    "OnPolicySource": "on_policy",
+    "Mixture": "mixture",
+    "TextListSource": "sources",
+    "PlainTextSource": "sources",
+    "JsonlSource": "sources",
+    "CsvColumnSource": "sources",
+    "ChatSource": "sources",
+    "HFDatasetSource": "sources",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'activation_oracles.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

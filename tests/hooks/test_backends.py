@@ -174,6 +174,49 @@ def test_nested_capture_inside_injection(model, backend):
     _close(logits, ref_logits, REAL)
 
 
+@pytest.mark.parametrize("backend", ALT)
+def test_peft_model_gradients_and_disabled_adapter(backend):
+    peft = pytest.importorskip("peft")
+    from activation_oracles.models import as_model
+
+    base = tiny_model(n_layers=3, d_model=32, tokenizer=None, seed=4)
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    model = as_model(peft.get_peft_model(base.hf, lora))
+    vectors = _vectors(3, 1, 32, seed=2)
+
+    def run(name):
+        model.hf.zero_grad()
+        with capture_residuals(model, [0, 2], stop_early=False, backend=name) as cache:
+            with inject_residuals(model, 1, [[0], [1], [2]], vectors, backend=name):
+                logits = model.hf(input_ids=IDS, attention_mask=MASK).logits
+        (logits[REAL] ** 2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.hf.named_parameters() if p.grad is not None}
+        with torch.no_grad(), model.hf.disable_adapter(), capture_residuals(model, 2, backend=name) as plain:
+            model.hf(input_ids=IDS, attention_mask=MASK)
+        return cache, logits.detach(), grads, plain[2]
+
+    (ref, ref_logits, ref_grads, ref_plain), (got, logits, grads, plain) = run("torch"), run(backend)
+    for layer in (0, 2):
+        _close(got[layer], ref[layer], REAL)
+    _close(logits, ref_logits, REAL)
+    assert grads.keys() == ref_grads.keys() and len(grads) == 18  # LoRA A/B of 3 modules x 3 blocks
+    for name, grad in ref_grads.items():
+        _close(grads[name], grad, atol=1e-6)
+    _close(plain, ref_plain, REAL)  # the adapter switched off is seen as off
+
+
+@pytest.mark.parametrize("backend", ALT)
+def test_output_hidden_states_inside_a_block(model, backend):
+    with torch.no_grad():
+        ref = model.hf(input_ids=IDS, attention_mask=MASK, output_hidden_states=True).hidden_states
+        with capture_residuals(model, 1, stop_early=False, backend=backend) as cache:
+            got = model.hf(input_ids=IDS, attention_mask=MASK, output_hidden_states=True).hidden_states
+    assert len(got) == len(ref) == model.n_layers + 1
+    for a, b in zip(got, ref):
+        _close(a, b, REAL)
+    _close(cache[1], ref[2], REAL)
+
+
 # -- the caller's model is left exactly as it was ------------------------------------------------------
 
 def test_transformer_lens_never_mutates_the_callers_model():
