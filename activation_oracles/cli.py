@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from .cli_ask import _add_ask_parser
 from .errors import AOError
 
 EXIT_OK = 0
@@ -123,7 +124,10 @@ def _capture(model: Any, prompt: str, args: argparse.Namespace) -> Any:
 
     import activation_oracles as ao
 
-    kwargs: dict[str, Any] = {"positions": args.positions, "chat": args.chat, "backend": args.backend}
+    positions: Any = args.positions
+    if isinstance(positions, str) and positions.strip().lstrip("-").isdigit():
+        positions = int(positions)  # "--positions -1": one token index
+    kwargs: dict[str, Any] = {"positions": positions, "chat": args.chat, "backend": args.backend}
     if args.layers:
         kwargs["layers"] = list(args.layers)
     else:
@@ -256,6 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo_parser,
     _add_capture_parser,
+    _add_ask_parser,
 ]
 
 

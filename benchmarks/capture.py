@@ -119,16 +119,19 @@ def check(variants: list[Variant], batch: int, seq: int, d_model: int) -> None:
                               / reference[layer].float().abs().max()).item() for layer in LAYERS)
 
 
-def time_all(variants: list[Variant], warmup: int, repeats: int, seed: int) -> None:
+def time_all(variants: list[Variant], warmup: int, repeats: int, seed: int, clock: str = "wall") -> None:
+    """Fill ``v.times``. ``clock="cpu"`` measures this process's CPU time (all threads) instead of wall time:
+    on a shared machine it counts only our own work, so ratios survive other jobs' load."""
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     live = [v for v in variants if v.error is None]
     order_rng = random.Random(seed)
     for round_index in range(warmup + repeats):
         order = live[:]
         order_rng.shuffle(order)
         for v in order:
-            t0 = time.perf_counter()
+            t0 = timer()
             v.run()
-            elapsed = time.perf_counter() - t0
+            elapsed = timer() - t0
             if round_index >= warmup:
                 v.times.append(elapsed)
 
@@ -138,6 +141,7 @@ def render(variants: list[Variant], args: argparse.Namespace, model: Any, total_
     torch_median = {v.stop_early: statistics.median(v.times) for v in variants
                     if v.backend == "torch" and v.times}
     tokens = args.batch * args.seq
+    unit = "ms" if args.clock == "wall" else "CPU ms"
     ok = True
     lines = [
         f"- machine: {cpu_model()}, {available_cores()} cores available, torch threads {torch.get_num_threads()}",
@@ -147,10 +151,10 @@ def render(variants: list[Variant], args: argparse.Namespace, model: Any, total_
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- setup: {model.name} ({model.n_layers} blocks, d_model {model.d_model}), {args.dtype} on CPU, batch "
         f"{args.batch} x {args.seq} random token ids (seed {args.seed}), median of {args.repeats} runs after "
-        f"{args.warmup} warm-up runs, variants interleaved in a shuffled order each round; "
+        f"{args.warmup} warm-up runs ({args.clock} clock), variants interleaved in a shuffled order each round; "
         f"total {total_s:.0f} s; load average before/after: {args.load_before} / {_loadavg()}",
         "",
-        "| variant | backend | stop_early | median ms | min ms | tokens/s | vs bare | vs torch "
+        f"| variant | backend | stop_early | median {unit} | min {unit} | tokens/s | vs bare | vs torch "
         "| max abs diff vs torch | bound | result |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -208,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=available_cores(), help="torch threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall-clock time (default), or this process's CPU time (robust on a busy machine)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a bound fails")
     args = parser.parse_args(argv)
     args.load_before = _loadavg()
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     variants = make_variants(model, input_ids, mask)
     check(variants, args.batch, args.seq, model.d_model)
-    time_all(variants, args.warmup, args.repeats, args.seed)
+    time_all(variants, args.warmup, args.repeats, args.seed, args.clock)
     table, ok = render(variants, args, model, time.perf_counter() - t0)
     print(table)
     if not ok:

@@ -133,6 +133,14 @@ def test_bad_positions_is_a_typed_error(tiny_dir: Path, capsys: pytest.CaptureFi
     assert "error: positions='5:3'" in capsys.readouterr().err
 
 
+def test_single_index_position(tiny_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "one.safetensors"
+    assert main(["capture", "--model", str(tiny_dir), "--prompt", "hi", "--layers", "1", "--positions", "-1",
+                 "--out", str(out)]) == 0
+    acts = ao.Activations.load(out)
+    assert acts.positions == (len(acts.token_ids) - 1,)
+
+
 def test_traceback_flag_reraises(tiny_dir: Path) -> None:
     with pytest.raises(LayerNotFoundError):
         main(["--traceback", "capture", "--model", str(tiny_dir), "--prompt", "hi", "--layers", "99"])

@@ -1,0 +1,141 @@
+"""``ao ask``: capture (or load) activations and ask an oracle about them.
+
+Kept apart from :mod:`activation_oracles.cli` (one subcommand, one idea); like
+every subcommand it imports torch only inside its handler.
+
+    ao ask --target smollm2-135m --prompt "I love this film!" --untrained \\
+           --question "Is the sentiment positive?" --choices Yes,No
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+MODES = ("full", "segment", "tokens")
+
+
+def _add_ask_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "ask", help="ask an activation oracle questions about a prompt's activations",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Capture a target model's residual stream on a prompt (or load a saved capture with --acts)\n"
+                    "and ask an oracle questions about it: free-text answers, or probabilities over --choices.",
+        epilog="examples:\n"
+               "  ao ask --prompt 'I love this film!' --untrained --question 'Is the sentiment positive?' "
+               "--choices Yes,No\n"
+               "  ao ask --acts acts.safetensors --question 'What is the text about?' --mode segment\n"
+               "  ao ask --prompt 'The cat sat.' --mode tokens --question 'Is this an animal?' --choices Yes,No --json")
+    src = p.add_argument_group("activations")
+    src.add_argument("--target", default="smollm2-135m", metavar="MODEL",
+                     help="target model spec (embedded default, local dir or hub id). Default: %(default)s.")
+    src.add_argument("--prompt", metavar="TEXT", help="the text to run through the target ('-' reads stdin).")
+    src.add_argument("--acts", metavar="FILE", help="a saved capture (ao capture --out) instead of --target/--prompt.")
+    which = src.add_mutually_exclusive_group()
+    which.add_argument("--layer", type=int, metavar="N", help="source block to read.")
+    which.add_argument("--layer-percent", type=float, metavar="P", help="source depth in percent. Default: 50.")
+    src.add_argument("--positions", default="all", metavar="SPEC",
+                     help="positions to capture: 'all', 'last:N', 'i:j' or an index. Default: %(default)s.")
+    src.add_argument("--no-chat", dest="chat", action="store_false", help="run the prompt as raw text.")
+    orc = p.add_argument_group("oracle")
+    kind = orc.add_mutually_exclusive_group()
+    kind.add_argument("--oracle", default="smollm2-135m", metavar="SPEC",
+                      help="oracle directory or shipped name. Default: %(default)s.")
+    kind.add_argument("--untrained", action="store_true",
+                      help="the target's base model with the same injection and no adapter (baseline).")
+    orc.add_argument("--coeff", type=float, default=None, help="override the injection coefficient (0 = control).")
+    q = p.add_argument_group("questions")
+    q.add_argument("--question", action="append", required=True, metavar="Q", help="a question (repeatable).")
+    q.add_argument("--mode", default="full", choices=MODES,
+                   help="full: every captured position; segment: the last --segment-len positions; tokens: "
+                        "one answer per position. Default: %(default)s.")
+    q.add_argument("--segment-len", type=int, default=10, metavar="N", help="segment mode length. Default: 10.")
+    q.add_argument("--choices", metavar="A,B", help="comma-separated choices: print probabilities instead of text.")
+    q.add_argument("--max-new-tokens", type=int, default=48, metavar="N")
+    q.add_argument("--json", action="store_true", help="one JSON object per answer.")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.set_defaults(func=cmd_ask)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import activation_oracles as ao
+    from activation_oracles.cli import CLIUsageError, _err
+    from activation_oracles.errors import ChoicesError
+
+    if (args.acts is None) == (args.prompt is None):
+        raise CLIUsageError("give either --prompt TEXT (captured from --target) or --acts FILE, not both or neither.")
+    choices = None
+    if args.choices is not None:
+        choices = [c.strip() for c in args.choices.split(",")]
+        if len(choices) < 2 or any(not c for c in choices):
+            raise ChoicesError(f"--choices {args.choices!r}; give at least two non-empty comma-separated choices, "
+                               "e.g. --choices Yes,No.")
+    _quiet_transformers()
+
+    target = None
+    if args.acts is not None:
+        acts = ao.Activations.load(args.acts)
+        if args.layer is not None:
+            acts = acts.at_layer(args.layer)
+        elif len(acts.layers) > 1:
+            raise CLIUsageError(f"{args.acts} holds layers {list(acts.layers)}; pick one with --layer N.")
+    else:
+        _err(f"loading target {args.target} ...")
+        target = ao.load_model(args.target, dtype=args.dtype)
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        kw: dict[str, Any] = {"positions": int(args.positions) if args.positions.lstrip("-").isdigit()
+                              else args.positions, "chat": args.chat}
+        if args.layer is not None:
+            kw["layers"] = args.layer
+        else:
+            kw["layer_percent"] = args.layer_percent or 50.0
+        acts = ao.capture(target, prompt, **kw)
+
+    if args.untrained:
+        base = target if target is not None else ao.load_model(acts.model_name, dtype=args.dtype)
+        oracle = ao.ActivationOracle.untrained(base)
+        oracle_name = f"untrained {base.name}"
+    else:
+        _err(f"loading oracle {args.oracle} ...")
+        oracle = ao.load_oracle(args.oracle, base=target, dtype=args.dtype)
+        oracle_name = str(args.oracle)
+    if args.coeff is not None:
+        oracle = oracle.with_config(coeff=args.coeff)
+
+    if args.mode == "segment":
+        inputs = [("segment", acts.last(min(args.segment_len, len(acts))))]
+    elif args.mode == "tokens":
+        inputs = [(f"token {p} {acts.tokens[p]!r}", acts.token(p)) for p in acts.positions]
+    else:
+        inputs = [("full", acts)]
+
+    for question in args.question:
+        sets = [a for _, a in inputs]
+        if choices is not None:
+            results: list[Any] = oracle.choose(sets, question, choices)  # type: ignore[assignment]
+        else:
+            results = oracle.ask(sets, question, max_new_tokens=args.max_new_tokens)  # type: ignore[assignment]
+        for (label, a), res in zip(inputs, results):
+            record = {"question": question, "mode": args.mode, "input": label, "layer": a.layer,
+                      "n_positions": len(a), "oracle": oracle_name}
+            record.update({"probs": res} if choices is not None else {"answer": res})
+            if args.json:
+                print(json.dumps(record))
+            else:
+                shown = ", ".join(f"{k}: {v:.3f}" for k, v in res.items()) if choices is not None else res
+                where = "" if args.mode == "full" else f" [{label}]"
+                print(f"Q: {question}{where}\nA: {shown}\n")
+    return 0
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass

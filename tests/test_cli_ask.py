@@ -1,0 +1,77 @@
+"""``ao ask``: answers and probabilities from the command line, typed errors as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import activation_oracles as ao
+from activation_oracles.cli import main
+from activation_oracles.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_model")
+    m = tiny_model(init_range=0.2)
+    m.hf.save_pretrained(folder)
+    m.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_ask_choices_json_matches_python_api(tiny_dir: Path, capsys) -> None:
+    rc = main(["ask", "--target", str(tiny_dir), "--prompt", "Owls hunt at night.", "--untrained", "--layer", "2",
+               "--question", "Is this about animals?", "--choices", "Yes,No", "--json"])
+    assert rc == 0
+    (record,) = _lines(capsys)
+    target = ao.load_model(str(tiny_dir))
+    acts = ao.capture(target, "Owls hunt at night.", layers=2)
+    expected = ao.ActivationOracle.untrained(target).choose(acts, "Is this about animals?", ["Yes", "No"])
+    assert record["probs"] == pytest.approx(expected)
+    assert record["layer"] == 2 and record["mode"] == "full" and record["n_positions"] == len(acts)
+
+
+def test_ask_text_tokens_mode_and_saved_acts(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "acts.safetensors"
+    assert main(["capture", "--model", str(tiny_dir), "--prompt", "Owls hunt.", "--layers", "1",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    rc = main(["ask", "--acts", str(out), "--untrained", "--question", "What?", "--question", "Why?",
+               "--mode", "tokens", "--max-new-tokens", "3", "--json"])
+    assert rc == 0
+    records = _lines(capsys)
+    acts = ao.Activations.load(out)
+    assert len(records) == 2 * len(acts)
+    assert {r["question"] for r in records} == {"What?", "Why?"}
+    assert all(r["n_positions"] == 1 and isinstance(r["answer"], str) for r in records)
+
+
+def test_ask_segment_mode_human_output(tiny_dir: Path, capsys) -> None:
+    rc = main(["ask", "--target", str(tiny_dir), "--prompt", "A long enough sentence about a cat and a dog.",
+               "--untrained", "--mode", "segment", "--segment-len", "4", "--question", "What?",
+               "--max-new-tokens", "3"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Q: What? [segment]\nA: ")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["ask", "--question", "Q?", "--untrained"], "either --prompt"),
+    (["ask", "--prompt", "x", "--acts", "a.safetensors", "--question", "Q?", "--untrained"], "either --prompt"),
+    (["ask", "--prompt", "x", "--question", "Q?", "--untrained", "--choices", "Yes"], "at least two"),
+])
+def test_ask_usage_errors(argv: list[str], needle: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err
+
+
+def test_ask_missing_shipped_oracle_or_bad_question(tiny_dir: Path, capsys) -> None:
+    rc = main(["ask", "--target", str(tiny_dir), "--prompt", "hello", "--untrained", "--question", "  "])
+    assert rc == 2 and "question is empty" in capsys.readouterr().err
