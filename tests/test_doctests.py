@@ -1,0 +1,27 @@
+"""The docstring examples on the public API run, so they never rot."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "activation_oracles", "activation_oracles.errors", "activation_oracles.layers", "activation_oracles.models",
+    "activation_oracles.embedded", "activation_oracles.activations", "activation_oracles.capturing",
+    "activation_oracles.config", "activation_oracles.prompt", "activation_oracles.adapters",
+    "activation_oracles.oracle", "activation_oracles.loading", "activation_oracles.tiny", "activation_oracles.cli",
+    "activation_oracles.hooks", "activation_oracles.training", "activation_oracles.training.example",
+    "activation_oracles.training.sources", "activation_oracles.training.context_prediction",
+    "activation_oracles.training.classification", "activation_oracles.training.system_prompt_qa",
+    "activation_oracles.training.mixture", "activation_oracles.training.on_policy",
+    "activation_oracles.training.config", "activation_oracles.training.presets",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
