@@ -31,6 +31,7 @@ from typing import Any
 
 from . import __version__
 from .cli_ask import _add_ask_parser
+from .training.cli import add_train_parser as _add_train_parser
 from .errors import AOError
 
 EXIT_OK = 0
@@ -261,6 +262,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_demo_parser,
     _add_capture_parser,
     _add_ask_parser,
+    _add_train_parser,
 ]
 
 

@@ -60,7 +60,6 @@ def _add_ask_parser(subparsers: Any) -> None:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
     import activation_oracles as ao
     from activation_oracles.cli import CLIUsageError, _err

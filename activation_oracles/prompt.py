@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,9 +127,23 @@ def answer_ids(tokenizer: Any, config: OracleConfig, prompt: OraclePrompt, layer
     return tail
 
 
+_EOT_CACHE: "weakref.WeakKeyDictionary[Any, int | None]" = weakref.WeakKeyDictionary()
+
+
 def _end_of_turn_id(tokenizer: Any) -> int | None:
+    """The chat template's end-of-turn token (cached: ``get_vocab()`` costs ~50 ms on large vocabularies)."""
+    try:
+        return _EOT_CACHE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    vocab = tokenizer.get_vocab()
+    found = tokenizer.eos_token_id
     for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok) if tok in tokenizer.get_vocab() else None
-        if tid is not None:
-            return int(tid)
-    return tokenizer.eos_token_id
+        if tok in vocab:
+            found = int(vocab[tok])
+            break
+    try:
+        _EOT_CACHE[tokenizer] = found
+    except TypeError:  # not weak-referenceable: just don't cache
+        pass
+    return found

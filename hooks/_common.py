@@ -148,6 +148,7 @@ class PassInfo:
     """What the backbone's pre-hook saw about the current forward pass."""
 
     mask: torch.Tensor | None = None
+    mask_cpu: torch.Tensor | None = None
     past_len: int = 0
     calls: int = 0
     _sig: inspect.Signature | None = field(default=None, repr=False)
@@ -191,6 +192,8 @@ def make_pass_recorder(backbone: nn.Module, info: PassInfo):
                 pass
         mask = arguments.get("attention_mask")
         info.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        # One host copy per pass: per-row lookups on a GPU mask would each force a device sync.
+        info.mask_cpu = info.mask.detach().to("cpu") if info.mask is not None else None
         # The KV cache's keyword changed across transformers versions (past_key_values -> cache).
         cache = next((arguments[k] for k in _CACHE_KEYS if arguments.get(k) is not None), None)
         info.past_len = _cache_length(cache)
@@ -201,8 +204,9 @@ def make_pass_recorder(backbone: nn.Module, info: PassInfo):
 
 def absolute_positions(row_positions: list[int], row: int, seq_len: int, info: PassInfo) -> list[int]:
     """Map a row's own token indices (negative = from its end) onto padded sequence indices."""
-    if info.mask is not None and info.mask.shape[-1] == seq_len + info.past_len:
-        valid = info.mask[row, info.past_len:].nonzero().flatten().tolist()
+    mask = info.mask_cpu if info.mask_cpu is not None else info.mask
+    if mask is not None and mask.shape[-1] == seq_len + info.past_len:
+        valid = mask[row, info.past_len:].nonzero().flatten().tolist()
     else:
         valid = list(range(seq_len))
     n = len(valid)
@@ -237,7 +241,8 @@ def apply_injection(hidden_BSD: torch.Tensor, inj: Injection, info: PassInfo) ->
         rows.extend([b] * len(abs_pos))
         cols.extend(abs_pos)
     vectors_ND = torch.cat(inj.vectors, dim=0).to(hidden_BSD.device)
-    index = (torch.tensor(rows, device=hidden_BSD.device), torch.tensor(cols, device=hidden_BSD.device))
+    index = (torch.tensor(rows).to(hidden_BSD.device, non_blocking=True),
+             torch.tensor(cols).to(hidden_BSD.device, non_blocking=True))
     selected_ND = hidden_BSD[index].float()
     if inj.mode == "norm_add":
         unit_ND = vectors_ND / vectors_ND.norm(dim=-1, keepdim=True)

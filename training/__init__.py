@@ -26,6 +26,11 @@ _LAZY = {
     "CsvColumnSource": "sources",
     "ChatSource": "sources",
     "HFDatasetSource": "sources",
+    "Trainer": "trainer",
+    "TrainResult": "trainer",
+    "TrainConfig": "config",
+    "preset": "presets",
+    "PRESETS": "presets",
 }
 
 __all__ = sorted(_LAZY)
