@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import time
 
 import torch
+from _machine import cpu_name
 
 import activation_oracles as ao
 
@@ -31,16 +31,6 @@ TEXTS = [
     "Astronomers detected a faint signal from a distant galaxy, older than any seen before.",
 ]
 QUESTIONS = ["What is this text about?", "Is the sentiment positive?", "Who is mentioned?", "Where does this happen?"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeats: int) -> float:

@@ -278,3 +278,24 @@ def select_positions(hidden_BSD: torch.Tensor, positions: Any, info: PassInfo) -
         raise PositionError(f"positions were given for {len(per_row)} rows but the batch has {batch}; "
                             "pass one list per row or one shared list.")
     return torch.stack([hidden_BSD[b, absolute_positions(list(p), b, seq_len, info)] for b, p in enumerate(per_row)])
+
+
+class CaptureSink:
+    """The part of a capture every backend shares: which layers were asked for, and storing them.
+
+    Backends differ only in how they reach a block's output; they hand it to :meth:`record`.
+    """
+
+    def __init__(self, resolved: list[tuple[int, int]], positions: Any) -> None:
+        self.cache = ResidualCache()
+        self.positions = positions
+        self.by_index: dict[int, list[int]] = {}
+        for given, idx in resolved:
+            self.by_index.setdefault(idx, []).append(given)
+        self.deepest = max(self.by_index)
+
+    def record(self, idx: int, hidden_BSD: torch.Tensor, info: PassInfo) -> None:
+        value = select_positions(hidden_BSD.detach(), self.positions, info)
+        for given in self.by_index[idx]:
+            self.cache[given] = value
+        self.cache.attention_mask = info.mask

@@ -51,6 +51,7 @@ import torch.nn as nn
 from ..errors import BackendError
 from ..models import Model
 from ._common import (
+    CaptureSink,
     Injection,
     PassInfo,
     ResidualCache,
@@ -58,7 +59,6 @@ from ._common import (
     apply_injection,
     block_hidden,
     make_pass_recorder,
-    select_positions,
     replace_hidden,
 )
 
@@ -212,23 +212,17 @@ def _open(model: Model, request: _Request) -> Iterator[PassInfo]:
 
 @contextmanager
 def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_early: bool) -> Iterator[ResidualCache]:
-    cache = ResidualCache()
-    by_index: dict[int, list[int]] = {}
-    for given, idx in resolved:
-        by_index.setdefault(idx, []).append(given)
+    sink = CaptureSink(resolved, positions)
 
     def make_op(idx: int) -> Op:
         def op(output: Any, info: PassInfo) -> None:
-            value = select_positions(block_hidden(output).detach(), positions, info)
-            for given in by_index[idx]:
-                cache[given] = value
-            cache.attention_mask = info.mask
+            sink.record(idx, block_hidden(output), info)
         return op
 
-    request = _Request({idx: make_op(idx) for idx in by_index}, stop_after=max(by_index) if stop_early else None)
+    request = _Request({idx: make_op(idx) for idx in sink.by_index}, stop_after=sink.deepest if stop_early else None)
     with _open(model, request):
         try:
-            yield cache
+            yield sink.cache
         except StopForward:
             pass
 

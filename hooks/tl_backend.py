@@ -50,13 +50,13 @@ import torch.nn as nn
 from ..errors import BackendError
 from ..models import Model
 from ._common import (
+    CaptureSink,
     Injection,
     PassInfo,
     ResidualCache,
     StopForward,
     apply_injection,
     make_pass_recorder,
-    select_positions,
 )
 
 BACKEND = "transformer_lens"
@@ -222,27 +222,20 @@ def _open(model: Model, hooks: dict[int, Any]) -> Iterator[None]:
 
 @contextmanager
 def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_early: bool) -> Iterator[ResidualCache]:
-    cache = ResidualCache()
-    by_index: dict[int, list[int]] = {}
-    for given, idx in resolved:
-        by_index.setdefault(idx, []).append(given)
-    deepest = max(by_index)
+    sink = CaptureSink(resolved, positions)
 
     def maker(idx: int):
         def make(info: PassInfo):
             def hook(resid_BSD: torch.Tensor, hook: Any) -> None:
-                value = select_positions(resid_BSD.detach(), positions, info)
-                for given in by_index[idx]:
-                    cache[given] = value
-                cache.attention_mask = info.mask
-                if stop_early and idx == deepest:
+                sink.record(idx, resid_BSD, info)
+                if stop_early and idx == sink.deepest:
                     raise StopForward()
             return hook
         return make
 
-    with _open(model, {idx: maker(idx) for idx in by_index}):
+    with _open(model, {idx: maker(idx) for idx in sink.by_index}):
         try:
-            yield cache
+            yield sink.cache
         except StopForward:
             pass
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..models import Model
 from ._common import (
+    CaptureSink,
     Injection,
     PassInfo,
     ResidualCache,
@@ -23,7 +24,6 @@ from ._common import (
     block_hidden,
     make_pass_recorder,
     replace_hidden,
-    select_positions,
 )
 
 
@@ -44,30 +44,23 @@ def _refuse_inside_other_backend(model: Model) -> None:
 @contextmanager
 def capture(model: Model, resolved: list[tuple[int, int]], positions: Any, stop_early: bool) -> Iterator[ResidualCache]:
     _refuse_inside_other_backend(model)
-    cache = ResidualCache()
+    sink = CaptureSink(resolved, positions)
     info = PassInfo()
-    deepest = max(idx for _, idx in resolved)
-    by_index: dict[int, list[int]] = {}
-    for given, idx in resolved:
-        by_index.setdefault(idx, []).append(given)
 
     def make_hook(idx: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            value = select_positions(block_hidden(output).detach(), positions, info)
-            for given in by_index[idx]:
-                cache[given] = value
-            cache.attention_mask = info.mask
-            if stop_early and idx == deepest:
+            sink.record(idx, block_hidden(output), info)
+            if stop_early and idx == sink.deepest:
                 raise StopForward()
         return hook
 
     with ExitStack() as stack:
         _register(stack, model.backbone.register_forward_pre_hook(make_pass_recorder(model.backbone, info),
                                                                   with_kwargs=True))
-        for idx in by_index:
+        for idx in sink.by_index:
             _register(stack, model.layers[idx].register_forward_hook(make_hook(idx)))
         try:
-            yield cache
+            yield sink.cache
         except StopForward:
             pass
 
