@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 from random import Random
 
 import pytest
@@ -240,3 +239,19 @@ def test_eval_scores_yes_no_and_exact_match(tiny_run, tmp_path):
     metrics = trainer.evaluate()
     assert metrics["eval/n"] == 8 and 0 <= metrics["eval/yes_no_acc"] <= 1 and 0 <= metrics["eval/exact_match"] <= 1
     assert metrics["eval/n_yes_no"] + metrics["eval/n_exact"] == 8
+
+
+def test_separate_target_model_and_overwrite(tmp_path):
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(quiet(preset("tiny")), ["model.target=tiny", "optim.steps=3", "eval.n_examples=0"])
+    first = Trainer(cfg, out_dir=tmp_path / "run")
+    assert first.target is not first.oracle
+    assert not any(p.requires_grad for p in first.target.hf.parameters())
+    result = first.train()
+    assert result.steps == 3 and (tmp_path / "run" / "oracle_config.json").is_file()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    again = Trainer(cfg, out_dir=tmp_path / "run", overwrite=True)  # replaces the run, keeps other files
+    assert not (tmp_path / "run" / "oracle_config.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    del again

@@ -116,6 +116,8 @@ class DataSection:
     max_length: int = _f(256, "Longest target context in tokens; longer examples are skipped (and counted).")
     max_positions: int = _f(64, "Most activation vectors per example; examples with more are skipped.")
     group_batches: int = _f(16, "Batches per length-grouping pool (1 = no grouping).")
+    prefetch: int = _f(-1, "Steps of batches built ahead on a background thread (0 = inline; -1 = auto: 2 on "
+                           "CUDA, 0 on CPU, where the thread would compete with the math for the cores).")
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,7 @@ def validate(cfg: TrainConfig) -> None:
     need(d.max_length >= 1, "data.max_length", d.max_length, "an integer >= 1")
     need(d.max_positions >= 1, "data.max_positions", d.max_positions, "an integer >= 1")
     need(d.group_batches >= 1, "data.group_batches", d.group_batches, "an integer >= 1")
+    need(d.prefetch >= -1, "data.prefetch", d.prefetch, "an integer >= -1 (-1 = auto)")
     for section, sources in (("data", d.sources), ("eval", cfg.eval.sources)):
         for i, s in enumerate(sources):
             need(bool(s.kind.strip()), f"{section}.sources[{i}].kind", s.kind, "a builder kind")

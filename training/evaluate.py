@@ -1,0 +1,190 @@
+"""Periodic held-out evaluation of the oracle: answer loss, yes/no accuracy and greedy exact match.
+
+Yes/no answers are scored by comparing the log-probability of the item's own answer with that of
+the opposite one; every other answer is generated greedily and compared after whitespace
+normalisation. :class:`Evaluation` is a mixin of :class:`~.trainer.Trainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from random import Random
+from typing import Any
+
+import torch
+
+from ..hooks import inject_residuals
+from ..prompt import _end_of_turn_id, answer_ids
+from .batching import BatchStream, Prepared, collate_oracle, make_example_stream, make_micro
+
+
+class Evaluation:
+    """The held-out set and its metrics (mixed into the Trainer, whose state it reads)."""
+
+    cfg: Any
+    eval_items: list[Prepared] | None
+
+    def _eval_set(self) -> list[Prepared]:
+        if self.eval_items is None:
+            n = self.cfg.eval.n_examples
+            if self._eval_given is not None:
+                examples = list(self._eval_given)[:n] if n else []
+            elif n == 0:
+                examples = []
+            else:
+                factory = self._eval_factory()
+                stream = BatchStream(factory, batch_size=1, group_batches=1, seed=self.cfg.eval.seed,
+                                     max_length=self.cfg.data.max_length, max_positions=self.cfg.data.max_positions)
+                examples = [b[0] for b, _ in zip(stream, range(n))]
+            self.eval_items = self.prepare(examples)
+        return self.eval_items
+
+    def _eval_factory(self) -> Any:
+        """``eval.sources``; without them, the training builders drawn with the eval seed."""
+        seed = self.cfg.eval.seed
+        if self.cfg.eval.sources:
+            factory = make_example_stream(self.cfg.eval.sources, self.tokenizer, self.cfg.data.layer_percents, seed,
+                                          model=self.target, section="eval")
+            self._warm_on_policy(factory)
+            return factory
+        mixture = getattr(self._factory, "mixture", None)
+        if mixture is None:  # examples= given: its stream at an epoch training never reaches
+            return lambda epoch: self._factory(10 ** 6 + epoch)
+        from .mixture import Mixture
+
+        mix = Mixture(mixture.builders, mixture.weights, seed=seed, name="eval")  # shares on-policy rollouts
+        return lambda epoch: mix.examples(self.tokenizer, None if epoch == 0 else Random(f"{seed}:epoch:{epoch}"))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out answer loss, yes/no accuracy (log-prob of Yes vs No) and greedy exact match."""
+        with self._data_lock:  # the tokenizer is not shared with the prefetch thread
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, Any]:
+        items = self._eval_set()
+        if not items:
+            return {}
+        was_training = self.peft.training
+        self.peft.eval()
+        bs = self.cfg.eval.batch_size
+        loss_sum = 0.0
+        n_tok = 0
+        yes_no: list[bool] = []
+        exact: list[bool] = []
+        per_source: dict[str, list[bool]] = {}
+        try:
+            for start in range(0, len(items), bs):
+                chunk = items[start:start + bs]
+                mb = make_micro(chunk, self.pad_id)
+                vectors = self.target_vectors(mb)
+                loss_sum += float(self.oracle_loss_sum(mb, vectors))
+                n_tok += sum(p.n_answer for p in chunk)
+                yn = [(i, p) for i, p in enumerate(chunk) if _yes_no(p.answer) is not None]
+                if yn:
+                    for (i, p), ok in zip(yn, self._choose_yes_no([p for _, p in yn], [vectors[i] for i, _ in yn])):
+                        yes_no.append(ok)
+                        per_source.setdefault(p.source, []).append(ok)
+                gen = [(i, p) for i, p in enumerate(chunk) if _yes_no(p.answer) is None]
+                if gen:
+                    texts = self._generate([p for _, p in gen], [vectors[i] for i, _ in gen])
+                    for (i, p), text in zip(gen, texts):
+                        ok = _norm(text) == _norm(p.answer)
+                        exact.append(ok)
+                        per_source.setdefault(p.source, []).append(ok)
+        finally:
+            if was_training:
+                self.peft.train()
+        out: dict[str, Any] = {"eval/loss": loss_sum / max(n_tok, 1), "eval/n": len(items)}
+        if yes_no:
+            out["eval/yes_no_acc"] = sum(yes_no) / len(yes_no)
+            out["eval/n_yes_no"] = len(yes_no)
+        if exact:
+            out["eval/exact_match"] = sum(exact) / len(exact)
+            out["eval/n_exact"] = len(exact)
+        for source, oks in sorted(per_source.items()):
+            out[f"eval/{source}/acc"] = sum(oks) / len(oks)
+        return out
+
+    def _choose_yes_no(self, items: list[Prepared], vectors: list[torch.Tensor]) -> list[bool]:
+        """For each item, is the log-prob of its own answer higher than that of the opposite answer?"""
+        rows: list[Prepared] = []
+        vecs: list[torch.Tensor] = []
+        for p, v in zip(items, vectors):
+            yes, no = ("Yes", "No") if p.answer.strip()[:1].isupper() else ("yes", "no")
+            prompt_len = len(p.oracle_ids) - p.n_answer
+            for cand in (yes, no):
+                ids = self._answer_ids_for(p, prompt_len, cand)
+                rows.append(replace(p, oracle_ids=p.oracle_ids[:prompt_len] + tuple(ids), n_answer=len(ids)))
+                vecs.append(v)
+        batch = collate_oracle(rows, self.pad_id)
+        with self._autocast(), inject_residuals(self.oracle, self.cfg.model.injection_layer,
+                                                batch.placeholder_positions, vecs, mode=self.oracle_config.mode,
+                                                coeff=self.oracle_config.coeff):
+            logits = self.peft(input_ids=self._to_device(batch.input_ids),
+                               attention_mask=self._to_device(batch.attention_mask),
+                               position_ids=self._to_device(batch.position_ids), logits_to_keep=batch.keep,
+                               use_cache=False).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = batch.labels[:, batch.labels.shape[1] - batch.keep + 1:].to(self.device)
+        mask = targets != -100
+        tok_lp = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * mask
+        scores = tok_lp.sum(-1).tolist()
+        out = []
+        for j, p in enumerate(items):
+            yes_score, no_score = scores[2 * j], scores[2 * j + 1]
+            out.append((yes_score > no_score) == _yes_no(p.answer))
+        return out
+
+    def _answer_ids_for(self, p: Prepared, prompt_len: int, answer: str) -> list[int]:
+        from ..prompt import OraclePrompt
+
+        prompt = OraclePrompt(p.oracle_ids[:prompt_len], p.placeholder_positions, 0,
+                              p.placeholder_positions[-1] + 1)
+        return answer_ids(self._prompt_tok, self.oracle_config, prompt, p.layer, p.question, answer)
+
+    def _generate(self, items: list[Prepared], vectors: list[torch.Tensor]) -> list[str]:
+        prompts = [replace(p, oracle_ids=p.oracle_ids[:len(p.oracle_ids) - p.n_answer], n_answer=0) for p in items]
+        width = max(len(p.oracle_ids) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p.oracle_ids):] = torch.tensor(p.oracle_ids)
+            mask[i, width - len(p.oracle_ids):] = 1
+        eot = _end_of_turn_id(self._prompt_tok)
+        stops = [t for t in {eot, self.tokenizer.eos_token_id} if t is not None]
+        max_new = min(self.cfg.eval.max_new_tokens, max(p.n_answer for p in items) + 2)
+        with self._autocast(), inject_residuals(self.oracle, self.cfg.model.injection_layer,
+                                                [list(p.placeholder_positions) for p in prompts], vectors,
+                                                mode=self.oracle_config.mode, coeff=self.oracle_config.coeff):
+            out = self.peft.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                     max_new_tokens=max_new, do_sample=False, pad_token_id=self.pad_id,
+                                     eos_token_id=stops, temperature=None, top_p=None, top_k=None)
+        texts = []
+        for row in out[:, width:].tolist():
+            for k, t in enumerate(row):
+                if t in stops:
+                    row = row[:k]
+                    break
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return texts
+
+    def _run_eval(self) -> None:
+        if not self.dist.is_main:
+            return
+        metrics = self.evaluate()
+        if metrics:
+            self.last_eval = metrics
+            self._metric({"step": self.step, **metrics})
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+                     if k.count("/") == 1}
+            self._info(f"step {self.step} eval: {shown}")
+
+
+def _yes_no(answer: str) -> bool | None:
+    a = answer.strip().rstrip(".!").lower()
+    return True if a == "yes" else False if a == "no" else None
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())

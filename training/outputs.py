@@ -1,0 +1,164 @@
+"""What a run writes and reports: the guarded output directory, per-step and whole-run numbers, the
+metrics log (JSONL, optionally TensorBoard), the progress bar and the final oracle directory.
+
+:class:`RunOutputs` is a mixin of :class:`~.trainer.Trainer`; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import OutputDirError
+from . import checkpoint as ckpt
+
+RUN_MARKERS = ("config.toml", "checkpoints", "metrics.jsonl", "oracle_config.json", "adapter_model.safetensors")
+OUR_FILES = RUN_MARKERS + ("adapter_config.json", "README.md", "tensorboard")
+
+
+def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; with ``overwrite``, remove only this trainer's own files."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputDirError(f"output path {str(out)!r} is a file; pass a directory for --out.")
+    found = [m for m in RUN_MARKERS if (out / m).exists()]
+    if found and not (resume or overwrite):
+        raise OutputDirError(f"output directory {str(out)!r} already holds a run (found {', '.join(found)}); pass "
+                             "--resume to continue it, --overwrite to replace it, or choose another --out. "
+                             "Nothing was changed.")
+    if not found and any(out.iterdir()) and not overwrite:
+        raise OutputDirError(f"output directory {str(out)!r} is not empty and holds no training run; choose an "
+                             "empty or new directory, or pass --overwrite to write into it anyway.")
+    if overwrite and not resume and found:  # only a previous run's own files; nothing else is touched
+        import shutil
+
+        for name in OUR_FILES:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+
+class StepStats:
+    """Loss and token counts of one step, summed over processes; read lazily (no GPU sync until asked)."""
+
+    def __init__(self, loss_sum: torch.Tensor, counts: tuple[int, int, int] | torch.Tensor, n_examples: int) -> None:
+        self.loss_sum = loss_sum        # summed answer-token cross-entropy (0-d tensor)
+        self._counts = counts           # (answer, oracle, target) tokens: ints, or an all-reduced tensor
+        self.n_examples = n_examples
+
+    def _count(self, i: int) -> int:
+        c = self._counts
+        return int(c[i]) if isinstance(c, tuple) else int(c[i].item())
+
+    @property
+    def answer_tokens(self) -> int:
+        return self._count(0)
+
+    @property
+    def oracle_tokens(self) -> int:
+        return self._count(1)
+
+    @property
+    def target_tokens(self) -> int:
+        return self._count(2)
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy per answer token over the global batch."""
+        return float(self.loss_sum.item()) / max(1, self.answer_tokens)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    examples: int
+    losses: list[float] = field(default_factory=list)
+    eval: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    oracle_tokens: int = 0
+    target_tokens: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.oracle_tokens / self.train_time_s if self.train_time_s else 0.0
+
+
+class RunOutputs:
+    """Messages, metrics and the oracle directory (mixed into the Trainer)."""
+
+    cfg: Any
+    out: Path
+
+    def _info(self, msg: str) -> None:
+        if self.dist.is_main:
+            self._log(msg)
+
+    def _metric(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def _open_logs(self) -> None:
+        if not self.dist.is_main:
+            return
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop lines after the resumed step, so the log reads as one run
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+            metrics.write_text("".join(k + "\n" for k in kept))
+        if self.cfg.output.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+            except Exception:  # tensorboard not installed: JSONL only
+                self._tb = None
+
+    def save_oracle(self, wall_time: float) -> None:
+        """Write the adapter (top level of the output dir) and ``oracle_config.json`` (written last)."""
+        # The adapter only (LoRA matrices): the base embeddings are frozen, so never copy them.
+        self.peft.save_pretrained(str(self.out), safe_serialization=True, save_embedding_layers=False)
+        lo = self.cfg.lora
+        training = {
+            "config": self.cfg.to_dict(),
+            "data": {"used": dict(sorted(self._used.items())), "skipped": dict(sorted(self._skipped.items()))},
+            "mixture": _jsonable(getattr(getattr(self._factory, "mixture", None), "summary", lambda: None)()),
+            "steps": self.step, "examples": self.examples_seen, "oracle_tokens": self.oracle_tokens,
+            "target_tokens": self.target_tokens, "wall_time_s": round(wall_time, 2),
+            "train_time_s": round(self.train_time, 2), "world_size": self.dist.world_size,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "eval": self.last_eval,
+        }
+        final = replace(self.oracle_config, training=training,
+                        lora={"r": lo.r, "alpha": lo.alpha, "dropout": lo.dropout,
+                              "target_modules": list(lo.target_modules)})
+        ckpt.atomic_write_bytes(self.out / "oracle_config.json",
+                                (json.dumps(final.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        self._info(f"oracle written to {self.out} ({self.step} steps, {self.examples_seen} examples, "
+                   f"final loss {training['final_loss']:.4f}).")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str)) if obj is not None else None
+
+
+def _progress(total: int, initial: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
