@@ -216,41 +216,29 @@ def cmd_capture(args: argparse.Namespace) -> int:
 # ao demo
 # ---------------------------------------------------------------------------------------------------
 
-DEMO_PROMPTS = (
-    "Tell me about owls.",
-    "Write a haiku about the ocean at night.",
-)
-
-
 def _add_demo_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo", help="a short offline tour on the embedded model (what `make demo` runs)",
-        description="Load the embedded SmolLM2-135M-Instruct and capture its mid-depth residual stream "
-                    "on a couple of prompts, printing a summary of each.")
+        description="Load the embedded SmolLM2-135M-Instruct, capture its mid-depth residual stream on a "
+                    "few prompts, and ask an oracle open and yes/no questions about them, with probabilities "
+                    "beside the controls.")
     p.add_argument("--model", default="smollm2-135m", metavar="SPEC", help="model to use. Default: %(default)s.")
+    p.add_argument("--oracle", default="smollm2-135m", metavar="SPEC",
+                   help="oracle directory or shipped name. Default: %(default)s.")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Capture the embedded model's residual stream on :data:`DEMO_PROMPTS` and summarise it.
+    """The oracle demo (:mod:`activation_oracles.demo`): answers and probabilities beside the controls."""
+    from .demo import run_demo
 
-    Self-contained on purpose: a later demo (the oracle answering questions)
-    replaces this function and :func:`_add_demo_parser` without touching the rest.
-    """
-    capture_args = argparse.Namespace(model=args.model, dtype="fp32", device=None, layers_path=None,
-                                      layers=None, layer_percent=50.0, positions="all", chat=True,
-                                      backend="torch")
-    model = _load_model(capture_args)
-    print(f"Capturing the residual stream of {model.name} at 50% depth (block {model.layer_at(50)} "
-          f"of {model.n_layers}) on {len(DEMO_PROMPTS)} prompts.\n")
-    for i, prompt in enumerate(DEMO_PROMPTS):
-        if i:
-            print()
-        acts = _capture(model, prompt, capture_args)
-        print(format_summary(acts, prompt=prompt))
-    print("\nNext: `ao capture --prompt TEXT --layers 15 --out acts.safetensors` saves such a capture; "
-          "`ao capture --help` lists the options.")
-    return EXIT_OK
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    return run_demo(args.model, args.oracle)
 
 
 # ---------------------------------------------------------------------------------------------------
