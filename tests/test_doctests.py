@@ -16,7 +16,7 @@ MODULES = [
     "activation_oracles.training.sources", "activation_oracles.training.context_prediction",
     "activation_oracles.training.classification", "activation_oracles.training.system_prompt_qa",
     "activation_oracles.training.mixture", "activation_oracles.training.on_policy",
-    "activation_oracles.training.config", "activation_oracles.training.presets",
+    "activation_oracles.training.config", "activation_oracles.training.presets", "activation_oracles.training.export",
 ]
 
 
