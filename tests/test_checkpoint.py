@@ -27,7 +27,7 @@ from activation_oracles.training import checkpoint as ckpt
 from activation_oracles.training.config import apply_overrides
 from activation_oracles.training.presets import preset
 
-STEPS, EVERY = 30, 5
+STEPS, EVERY = 60, 5  # many steps after the kill point: the kill must land mid-run even on a loaded machine
 OVERRIDES = [f"optim.steps={STEPS}", f"checkpoint.every={EVERY}", "checkpoint.keep=3", "eval.n_examples=0",
              "output.progress=false"]
 
