@@ -51,10 +51,14 @@ def export_oracle(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str],
         if size_mb > max_mb:
             raise AdapterError(f"the exported adapter is {size_mb:.1f} MB, over the {max_mb} MB limit; train with a "
                                "smaller LoRA rank or fewer target modules.")
+        base_name = json.loads((run / "oracle_config.json").read_text()).get("base_model", "")
         for name in ("adapter_config.json", "oracle_config.json"):
-            text = _scrub((run / name).read_text(), data_root)
-            json.loads(text)  # still valid JSON
-            (tmp / name).write_text(text)
+            data = json.loads(_scrub((run / name).read_text(), data_root))
+            if name == "adapter_config.json" and base_name:
+                # PEFT records where the base was loaded from (a cache folder); name the model instead.
+                data["base_model_name_or_path"] = base_name
+            (tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
         if out.exists():
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
