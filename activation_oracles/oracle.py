@@ -112,7 +112,8 @@ class ActivationOracle:
             mask[i, width - len(r):] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
-    def _gen_kwargs(self, max_new_tokens: int, temperature: float) -> dict[str, Any]:
+    def _gen_kwargs(self, max_new_tokens: int, temperature: float,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
         tok = self.model.tokenizer
         eos = [t for t in {self._eot, tok.eos_token_id} if t is not None]
         kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos)
@@ -120,7 +121,7 @@ class ActivationOracle:
             kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        kw.update(getattr(self, "_extra_gen", {}))
+        kw.update(extra or {})
         return kw
 
     def _decode(self, new_ids: torch.Tensor) -> str:
@@ -148,7 +149,7 @@ class ActivationOracle:
         """
         pairs, single = _pairs(acts, question)
         items = [self._item(a, q, layer) for a, q in pairs]
-        self._extra_gen = dict(generate_kwargs or {})
+        extra = dict(generate_kwargs or {})
         answers: list[str | None] = [None] * len(items)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else _null()
         with rng:
@@ -161,24 +162,27 @@ class ActivationOracle:
                     for start in range(0, len(group), batch_size):
                         chunk = group[start:start + batch_size]
                         for idx, text in zip(chunk, self._generate_with_prefix([items[i] for i in chunk],
-                                                                                max_new_tokens, temperature)):
+                                                                                max_new_tokens, temperature, extra)):
                             answers[idx] = text
                 else:
                     loose.extend(group)
             for start in range(0, len(loose), batch_size):
                 chunk = loose[start:start + batch_size]
-                for idx, text in zip(chunk, self._generate([items[i] for i in chunk], max_new_tokens, temperature)):
+                for idx, text in zip(chunk, self._generate([items[i] for i in chunk], max_new_tokens, temperature,
+                                                                 extra)):
                     answers[idx] = text
         return answers[0] if single else answers  # type: ignore[return-value]
 
-    def _generate(self, items: Sequence[_Item], max_new_tokens: int, temperature: float) -> list[str]:
+    def _generate(self, items: Sequence[_Item], max_new_tokens: int, temperature: float,
+                  extra: dict[str, Any] | None = None) -> list[str]:
         ids, mask = self._left_pad([it.prompt.input_ids for it in items])
         with self._session(items):
             out = self.model.hf.generate(input_ids=ids, attention_mask=mask,
-                                         **self._gen_kwargs(max_new_tokens, temperature))
+                                         **self._gen_kwargs(max_new_tokens, temperature, extra))
         return [self._decode(row[ids.shape[1]:]) for row in out]
 
-    def _generate_with_prefix(self, items: Sequence[_Item], max_new_tokens: int, temperature: float) -> list[str]:
+    def _generate_with_prefix(self, items: Sequence[_Item], max_new_tokens: int, temperature: float,
+                              extra: dict[str, Any] | None = None) -> list[str]:
         """Prefill the shared prefix once (with injection), then continue every question from its cache."""
         first = items[0]
         prefix = list(first.prompt.input_ids[:first.prompt.prefix_len])
@@ -202,7 +206,7 @@ class ActivationOracle:
             batch_cache.batch_repeat_interleave(len(items))
         with torch.no_grad(), use_adapter(self.model.hf, self.adapter):
             out = self.model.hf.generate(input_ids=ids, attention_mask=mask, **{_cache_kwarg(self.model.hf): batch_cache},
-                                         **self._gen_kwargs(max_new_tokens, temperature))
+                                         **self._gen_kwargs(max_new_tokens, temperature, extra))
         return [self._decode(row[ids.shape[1]:]) for row in out]
 
     def choose(self, acts: Activations | Sequence[Activations], question: str | Sequence[str],

@@ -75,9 +75,8 @@ def main() -> None:
             chunk = items[start:start + args.batch_size]
             ids, mask = oracle._left_pad([it.prompt.input_ids for it in chunk])
             with torch.no_grad():
-                target.hf.generate(input_ids=ids, attention_mask=mask, **oracle._gen_kwargs(n, 0.0))
+                target.hf.generate(input_ids=ids, attention_mask=mask, **oracle._gen_kwargs(n, 0.0, gen))
 
-    oracle._extra_gen = gen
     t_plain_b, t_ask_b = [], []
     for _ in range(args.repeats):  # interleave so drift hits both alike
         t0 = time.perf_counter(); plain(); t_plain_b.append(time.perf_counter() - t0)

@@ -54,30 +54,6 @@ class Prepared:
     answer: str
 
 
-class VocabCachedTokenizer:
-    """A tokenizer view whose ``get_vocab()`` is computed once.
-
-    ``prompt.answer_ids`` looks up the end-of-turn token in ``get_vocab()`` on every call,
-    which costs ~50 ms for a 49k-token vocabulary; the trainer prepares thousands of
-    examples, so it passes this view instead. Everything else is delegated unchanged.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tok = tokenizer
-        self._vocab: dict[str, int] | None = None
-
-    def get_vocab(self) -> dict[str, int]:
-        if self._vocab is None:
-            self._vocab = self._tok.get_vocab()
-        return self._vocab
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tok(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tok, name)
-
-
 def prepare(example: TrainingExample, tokenizer: Any, config: OracleConfig, n_layers: int) -> Prepared:
     """Build the oracle prompt and answer ids of ``example`` (the source layer is ``int(n_layers * p / 100)``)."""
     if not 0 < example.layer_percent < 100:

@@ -44,7 +44,7 @@ from ..errors import ConfigError, DataError
 from ..hooks import capture_residuals, inject_residuals
 from ..models import Model, as_model
 from . import checkpoint as ckpt
-from .batching import BatchStream, MicroBatch, Prepared, StepInput, StepSource, VocabCachedTokenizer, \
+from .batching import BatchStream, MicroBatch, Prepared, StepInput, StepSource, \
     answer_loss_sum, make_example_stream, make_step_input, prepare
 from .config import TrainConfig, total_steps
 from .distributed import DistInfo, _all_reduce_sum, barrier, init_distributed, wrap_ddp
@@ -110,7 +110,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id = int(self.tokenizer.pad_token_id)
-        self._prompt_tok = VocabCachedTokenizer(self.tokenizer)
+        self._prompt_tok = self.tokenizer  # prompt.answer_ids caches its vocabulary lookup
         self._data_lock = threading.Lock()
         if not 0 <= self.cfg.model.injection_layer < self.base.n_layers:
             raise ConfigError(f"model.injection_layer={self.cfg.model.injection_layer} is outside the "
