@@ -94,3 +94,15 @@ class CheckpointError(AOError, RuntimeError):
 
 class OutputDirError(AOError, FileExistsError):
     """An output directory already holds another run."""
+
+
+class UnknownTaskError(AOError, ValueError):
+    """An organism or audit task name that is not registered."""
+
+
+class OrganismError(AOError, ValueError):
+    """An organism folder is incomplete, its card does not match its adapter, or its options are invalid."""
+
+
+class BaseMismatchError(AOError, ValueError):
+    """Two models that must share base weights and tokenizer (organism and oracle, organism and base) do not."""
