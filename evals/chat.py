@@ -1,0 +1,131 @@
+"""Chat helpers for audits: greedy replies, answer log-likelihoods and captures, with one adapter active.
+
+Organisms and oracles are LoRA adapters on one shared base model. Every helper
+here takes ``adapter``: the name of the adapter to run with (an organism's), or
+``None`` for the bare base model. The model's own adapter state is restored on
+exit (``use_adapter``), so an oracle sharing the base is never disturbed.
+
+>>> from activation_oracles.tiny import tiny_model
+>>> from activation_oracles.evals.chat import answer_logprobs, generate
+>>> m = tiny_model()
+>>> chat = [{"role": "user", "content": "Give me a hint."}]
+>>> len(generate(m, [chat], max_new_tokens=4)) == 1
+True
+>>> a, b = answer_logprobs(m, [chat, chat], ["Yes", "No"])
+>>> a < 0 and b < 0
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from activation_oracles.adapters import use_adapter
+from activation_oracles.models import Model, as_model
+from activation_oracles.prompt import _end_of_turn_id
+from activation_oracles.training.sources import encode_chat
+
+Chat = list[dict[str, str]]
+
+
+@contextmanager
+def running(model: Model, adapter: str | None) -> Iterator[None]:
+    """Eval mode, no grad, only ``adapter`` active (``None``: the base model)."""
+    was_training = model.hf.training
+    model.hf.eval()
+    try:
+        with torch.no_grad(), use_adapter(model.hf, adapter):
+            yield
+    finally:
+        model.hf.train(was_training)
+
+
+def prompt_ids(tokenizer: Any, chat: Chat, prefill: str = "") -> list[int]:
+    """The chat through the template with the assistant header open, then ``prefill`` (the reply's start)."""
+    ids = encode_chat(tokenizer, chat, add_generation_prompt=True)
+    if prefill:
+        ids = ids + list(tokenizer(prefill, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, prefill: str = "",
+             max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+    """Greedy replies to each chat (left-padded batches), ``prefill`` forced as the reply's start.
+
+    The returned text is what the model wrote after ``prefill`` (special tokens dropped).
+    """
+    m = as_model(model)
+    tok = m.tokenizer
+    eot = _end_of_turn_id(tok)
+    stop = [t for t in {eot, tok.eos_token_id} if t is not None]
+    out: list[str] = []
+    with running(m, adapter):
+        for start in range(0, len(chats), batch_size):
+            rows = [prompt_ids(tok, c, prefill) for c in chats[start:start + batch_size]]
+            ids, mask = _left_pad(rows, _pad_id(tok))
+            gen = m.hf.generate(input_ids=ids.to(m.device), attention_mask=mask.to(m.device), do_sample=False,
+                                max_new_tokens=max_new_tokens, eos_token_id=stop or None,
+                                pad_token_id=_pad_id(tok))
+            for row in gen[:, ids.shape[1]:]:
+                out.append(tok.decode(row.tolist(), skip_special_tokens=True).strip())
+    return out
+
+
+def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *, adapter: str | None = None,
+                    prefill: str = "", end_of_turn: bool = True, batch_size: int = 16) -> list[float]:
+    """Total log-probability of ``answers[i]`` as the reply to ``chats[i]`` (after ``prefill``).
+
+    With ``end_of_turn`` the end-of-turn token is scored too, so an answer is not
+    rewarded for being the start of a longer one ("Paris" vs "Paris, Texas").
+    """
+    if len(chats) != len(answers):
+        raise ValueError(f"answer_logprobs: {len(chats)} chats but {len(answers)} answers; pass one answer per chat.")
+    m = as_model(model)
+    tok = m.tokenizer
+    eot = _end_of_turn_id(tok) if end_of_turn else None
+    rows: list[tuple[list[int], int]] = []
+    for chat, ans in zip(chats, answers):
+        p = prompt_ids(tok, chat, prefill)
+        a = list(tok(ans, add_special_tokens=False)["input_ids"]) + ([eot] if eot is not None else [])
+        if not a:
+            raise ValueError(f"answer {ans!r} has no tokens; give a non-empty answer.")
+        rows.append((p + a, len(a)))
+    scores: list[float] = []
+    with running(m, adapter):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            ids, mask = _left_pad([r for r, _ in chunk], _pad_id(tok))
+            logits = m.hf(input_ids=ids.to(m.device), attention_mask=mask.to(m.device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = ids[:, 1:].to(m.device)
+            tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for i, (_, k) in enumerate(chunk):
+                scores.append(float(tok_lp[i, -k:].sum()))
+    return scores
+
+
+def choice_probs(model: Any, chat: Chat, choices: Sequence[str], *, adapter: str | None = None, prefill: str = "",
+                 ) -> dict[str, float]:
+    """Softmax over ``choices`` of their log-likelihood as the reply (a black-box forced choice)."""
+    scores = answer_logprobs(model, [chat] * len(choices), list(choices), adapter=adapter, prefill=prefill)
+    t = torch.softmax(torch.tensor(scores), dim=0)
+    return dict(zip(choices, t.tolist()))
