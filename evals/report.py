@@ -207,8 +207,8 @@ def _plot_kind(path: Path, task: str, kind: str, aggs: Sequence[Mapping[str, Any
                     continue
                 xs.append(i - 0.4 + width * (j + 0.5))
                 ys.append(100 * a["accuracy"])
-                err_lo.append(100 * (a["accuracy"] - a["ci_low"]))
-                err_hi.append(100 * (a["ci_high"] - a["accuracy"]))
+                err_lo.append(max(0.0, 100 * (a["accuracy"] - a["ci_low"])))  # float noise at 0%/100%
+                err_hi.append(max(0.0, 100 * (a["ci_high"] - a["accuracy"])))
             label = "no activations (-)" if mode == "-" else f"mode {mode}"
             ax.bar(xs, ys, width, yerr=[err_lo, err_hi], capsize=3, label=label)
         if chance is not None:
