@@ -253,14 +253,16 @@ class ActivationOracle:
             chunk = rows[start:start + batch_size]
             seqs = [list(it.prompt.input_ids) + ans for it, ans in chunk]
             ids, mask = self._left_pad(seqs)
+            # Only the answer columns are scored: keep the logits of the last k positions (the
+            # full [batch, seq, vocab] log-softmax costs more than the forward pass itself).
+            k = max(len(ans) for _, ans in chunk) + 1
             with self._session([it for it, _ in chunk]):
-                logits = self.model.hf(input_ids=ids, attention_mask=mask).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+                logits = last_logits(self.model.hf, ids, mask, k)
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             width = ids.shape[1]
             for b, (it, ans) in enumerate(chunk):
-                start_ans = width - len(ans)  # answers sit at the right end (left padding)
-                targets = ids[b, start_ans:]
-                lp = logprobs[b, start_ans - 1: width - 1].gather(-1, targets[:, None]).sum()
+                targets = ids[b, width - len(ans):]
+                lp = logprobs[b, k - 1 - len(ans):].gather(-1, targets[:, None]).sum()
                 scores.append(float(lp))
         return scores
 
@@ -280,6 +282,15 @@ class ActivationOracle:
                     **kwargs: Any) -> str:
         """Ask about the vectors of tokens ``start <= i < end`` only."""
         return self.ask(acts.segment(start, end), question, **kwargs)  # type: ignore[return-value]
+
+
+def last_logits(hf: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Logits of the last ``k`` positions, ``[batch, k, vocab]`` (``logits_to_keep`` where the model takes it)."""
+    try:
+        out = hf(input_ids=ids, attention_mask=mask, logits_to_keep=k).logits
+    except TypeError:  # models without logits_to_keep compute them all
+        out = hf(input_ids=ids, attention_mask=mask).logits
+    return out[:, -k:]
 
 
 def _cache_kwarg(hf: Any) -> str:

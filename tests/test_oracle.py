@@ -193,7 +193,11 @@ def test_adapter_round_trip_and_shared_base(tmp_path, acts):
     # And the untrained oracle on the same object ignores the adapter.
     untrained = ao.ActivationOracle.untrained(base)
     fresh = ao.ActivationOracle.untrained(tiny_model(init_range=0.2))
-    assert untrained.choose(acts[0], "Is it?", ["Yes", "No"]) == fresh.choose(acts[0], "Is it?", ["Yes", "No"])
+    # (equal up to float noise: the parked LoRA layers route the same matmuls through other kernels)
+    got, want = untrained.choose(acts[0], "Is it?", ["Yes", "No"]), fresh.choose(acts[0], "Is it?", ["Yes", "No"])
+    assert got == pytest.approx(want, abs=1e-6)
+    assert untrained.choose(acts[0], "Is it?", ["Yes", "No"]) != pytest.approx(
+        loaded.choose(acts[0], "Is it?", ["Yes", "No"]), abs=1e-6)  # and the adapter does matter
 
 
 def test_shipped_oracle_missing_or_present():

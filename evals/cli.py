@@ -1,0 +1,130 @@
+"""``ao organism build`` and ``ao audit``: build model organisms and audit them from the shell.
+
+Like every subcommand, the handlers import torch only when they run (``ao --help`` stays instant).
+
+    ao organism build taboo --word moon --out organisms/taboo-moon
+    ao audit taboo --target organisms/taboo-moon --oracle smollm2-135m --out audits/taboo --limit 20
+    ao audit suite --out audits/suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _options(pairs: list[str] | None) -> dict[str, str]:
+    from activation_oracles.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ConfigError(f"--option {item!r} has no '='; expected NAME=VALUE, e.g. --option word=moon.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _add_organism_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("organism", help="build model organisms (LoRA fine-tunes that hide something)",
+                              description="Build a model organism: a LoRA fine-tune of the base model that knows or "
+                                          "wants something it won't say, with a card of behaviour checks.")
+    sub = p.add_subparsers(dest="organism_command", metavar="<action>")
+    b = sub.add_parser("build", help="build (or find in the cache) one organism",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Build an organism. Tasks: taboo (--word W), gender (--gender male|female), ssc "
+                                   "(--constraints all|a,b), personaqa (--variant, --n-personas).",
+                       epilog="examples:\n  ao organism build taboo --word moon --out organisms/taboo-moon\n"
+                              "  ao organism build gender --gender female\n"
+                              "  ao organism build taboo --word moon --set steps=50 --set lr=1e-3")
+    b.add_argument("task", metavar="TASK", help="taboo, gender, ssc or personaqa.")
+    b.add_argument("--word", help="taboo: the secret word (one with a hint list).")
+    b.add_argument("--gender", help="gender: male or female.")
+    b.add_argument("--constraints", help="ssc: 'all' or a comma-separated subset of constraint names.")
+    b.add_argument("--variant", help="personaqa: base, shuffled or fantasy.")
+    b.add_argument("--n-personas", dest="n_personas", help="personaqa: how many personas to teach.")
+    b.add_argument("--option", action="append", metavar="NAME=VALUE", help="any other task option.")
+    b.add_argument("--base", default="smollm2-135m", help="base model spec ('tiny' for tests). Default: %(default)s.")
+    b.add_argument("--out", default=None, help="output folder (default: the cache, by recipe hash).")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", dest="recipe_set",
+                   help="recipe override, e.g. steps=100, lr=1e-3, n_examples=800.")
+    b.add_argument("--data-dir", default=None, help="the shared data folder (default: $AO_DATA_DIR).")
+    b.add_argument("--check-limit", type=int, default=None, help="at most N prompts per behaviour check.")
+    b.add_argument("--no-checks", action="store_true", help="skip the behaviour checks.")
+    b.add_argument("--overwrite", action="store_true", help="replace a folder holding another organism.")
+    b.set_defaults(func=cmd_organism_build)
+    p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def cmd_organism_build(args: argparse.Namespace) -> int:
+    import os
+
+    from .organism import build_organism, get_organism_task, read_card
+
+    opts = {k: getattr(args, k) for k in ("word", "gender", "constraints", "variant", "n_personas")
+            if getattr(args, k) is not None}
+    opts.update(_options(args.option))
+    task = get_organism_task(args.task)
+    recipe = task.recipe.with_overrides(_options(args.recipe_set)) if args.recipe_set else None
+    data_dir = args.data_dir or os.environ.get("AO_DATA_DIR")
+    path = build_organism(args.task, base=args.base, options=opts, recipe=recipe, out=args.out, data_dir=data_dir,
+                          overwrite=args.overwrite, checks=not args.no_checks, check_limit=args.check_limit,
+                          progress=sys.stderr.isatty())
+    card = read_card(path)
+    print(f"organism {card['name']} at {path}")
+    print(json.dumps({"training": card["training"], "checks": card["checks"]}, indent=2))
+    return 0
+
+
+def _add_audit_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("audit", help="audit organisms with an activation oracle, baselines and controls",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Run an audit: the oracle (open answers and forced choices on full, "
+                                          "segment and token inputs), its controls (shuffled activations, coeff=0), "
+                                          "the untrained oracle, black-box questioning, the logit lens and a linear "
+                                          "probe, on the same prompts. Writes results.json, report.md and plots.",
+                              epilog="examples:\n  ao audit taboo --target organisms/taboo-moon --out audits/taboo\n"
+                                     "  ao audit classification --out audits/cls --limit 20\n"
+                                     "  ao audit suite --out audits/suite --limit 20")
+    p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, or 'suite' (all).")
+    p.add_argument("--target", action="append", metavar="ORGANISM",
+                   help="organism folder(s) to audit (repeat); default: the task's default organisms, built or "
+                        "found in the cache.")
+    p.add_argument("--oracle", default="smollm2-135m", metavar="SPEC",
+                   help="oracle: the shipped 'smollm2-135m' or a directory from ao train. Default: %(default)s.")
+    p.add_argument("--out", required=True, help="report folder.")
+    p.add_argument("--limit", type=int, default=40, help="test items per organism (per task for classification). "
+                                                         "Default: %(default)s.")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed. Default: %(default)s.")
+    p.add_argument("--data-dir", default=None, help="the shared data folder (default: $AO_DATA_DIR).")
+    p.add_argument("--overwrite", action="store_true", help="replace another audit's results in --out.")
+    p.add_argument("--methods", default=None, help="comma-separated subset of: oracle, oracle:shuffled, "
+                                                   "oracle:coeff0, untrained_oracle, blackbox, logit_lens, probe.")
+    p.add_argument("--tasks", default=None, help="suite only: comma-separated subset of tasks.")
+    p.add_argument("--evals-md", default=None, metavar="FILE", help="suite only: also write the combined table here.")
+    p.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import ALL_METHODS, run_audit
+
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
+    if args.task == "suite":
+        from .suite import run_suite
+
+        tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+        summary = run_suite(args.out, oracle=args.oracle, limit=args.limit, seed=args.seed, data_dir=args.data_dir,
+                            overwrite=args.overwrite, tasks=tasks, methods=methods, evals_md=args.evals_md,
+                            progress=sys.stderr.isatty())
+        print(summary["markdown"])
+        return 0
+    res = run_audit(args.task, oracle=args.oracle, targets=args.target, out=args.out, limit=args.limit,
+                    seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite, methods=methods,
+                    progress=sys.stderr.isatty())
+    from pathlib import Path
+
+    print((Path(args.out) / "report.md").read_text())
+    del res
+    return 0
