@@ -385,11 +385,18 @@ class Organism:
             return list(capture(self.model, list(chats), layers=list(layers), batch_size=batch_size))
 
 
+def _canonical(name: str) -> str:
+    """A base model's spec and its loaded name are the same model ("tiny" is built as "tiny-llama")."""
+    from activation_oracles.tiny import TINY_NAME
+
+    return TINY_NAME if name == "tiny" else name
+
+
 def check_same_base(a: Mapping[str, Any], b: Mapping[str, Any], what: str) -> None:
     """Raise :class:`BaseMismatchError` unless two descriptions (base_model, n_layers, d_model) agree."""
     keys = ("n_layers", "d_model")
     diffs = [k for k in keys if a.get(k) and b.get(k) and a.get(k) != b.get(k)]
-    if a.get("base_model") and b.get("base_model") and a["base_model"] != b["base_model"]:
+    if a.get("base_model") and b.get("base_model") and _canonical(a["base_model"]) != _canonical(b["base_model"]):
         diffs.insert(0, "base_model")
     if diffs:
         desc = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diffs)

@@ -7,4 +7,4 @@
 
 from __future__ import annotations
 
-from . import gender, personaqa, ssc, taboo  # noqa: F401
+from . import classification_audit, gender, personaqa, ssc, taboo  # noqa: F401
