@@ -88,7 +88,10 @@ def _add_audit_parser(subparsers: Any) -> None:
                               epilog="examples:\n  ao audit taboo --target organisms/taboo-moon --out audits/taboo\n"
                                      "  ao audit classification --out audits/cls --limit 20\n"
                                      "  ao audit suite --out audits/suite --limit 20")
-    p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, or 'suite' (all).")
+    p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, diffing, "
+                                                "truthfulqa, or 'suite' (all).")
+    p.add_argument("--pair", action="append", metavar="ORGANISM,CONTROL",
+                   help="diffing only: an organism folder and its control's, comma-separated (repeat).")
     p.add_argument("--target", action="append", metavar="ORGANISM",
                    help="organism folder(s) to audit (repeat); default: the task's default organisms, built or "
                         "found in the cache.")
@@ -111,6 +114,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import ALL_METHODS, run_audit
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
+    if args.task == "truthfulqa":
+        from .truthfulqa_audit import run_truthfulqa_audit, truthfulqa_markdown
+
+        res = run_truthfulqa_audit(oracle=args.oracle, data_dir=args.data_dir, out=args.out, limit=args.limit,
+                                   seed=args.seed, overwrite=args.overwrite)
+        print(truthfulqa_markdown(res))
+        return 0
+    if args.task == "diffing":
+        from activation_oracles.errors import ConfigError
+
+        from .diffing import run_diffing
+
+        pairs = []
+        for item in args.pair or []:
+            parts = [x.strip() for x in item.split(",")]
+            if len(parts) != 2 or not all(parts):
+                raise ConfigError(f"--pair {item!r}; expected ORGANISM_DIR,CONTROL_DIR.")
+            pairs.append((parts[0], parts[1]))
+        res = run_diffing(pairs, oracle=args.oracle, out=args.out, n_prompts=args.limit, seed=args.seed,
+                          overwrite=args.overwrite)
+        from .diffing import diffing_markdown
+
+        print(diffing_markdown(res))
+        return 0
     if args.task == "suite":
         from .suite import run_suite
 
