@@ -220,17 +220,12 @@ class ActivationOracle:
         """
         choice_list = _check_choices(choices)
         pairs, single = _pairs(acts, question)
-        rows: list[tuple[_Item, list[int]]] = []
+        out: list[dict[str, float]] = []
         for a, q in pairs:
             item = self._item(a, q, layer)
             src = self._vectors(a, layer)[0]
-            for c in choice_list:
-                rows.append((item, answer_ids(self.model.tokenizer, self.config, item.prompt, src, q, c)))
-        scores = self._score(rows, batch_size)
-        out: list[dict[str, float]] = []
-        n = len(choice_list)
-        for i in range(len(pairs)):
-            s = scores[i * n:(i + 1) * n]
+            answers = [answer_ids(self.model.tokenizer, self.config, item.prompt, src, q, c) for c in choice_list]
+            s = self._score_choices(item, answers)
             top = max(s)
             exps = [math.exp(x - top) for x in s]
             total = sum(exps)
@@ -243,9 +238,39 @@ class ActivationOracle:
         choice_list = _check_choices(choices)
         item = self._item(acts, question, layer)
         src = self._vectors(acts, layer)[0]
-        rows = [(item, answer_ids(self.model.tokenizer, self.config, item.prompt, src, question, c))
-                for c in choice_list]
-        return dict(zip(choice_list, self._score(rows, len(rows))))
+        answers = [answer_ids(self.model.tokenizer, self.config, item.prompt, src, question, c) for c in choice_list]
+        return dict(zip(choice_list, self._score_choices(item, answers)))
+
+    def _score_choices(self, item: _Item, answers: Sequence[Sequence[int]]) -> list[float]:
+        """Log-likelihood of each answer after one prompt: the prompt runs once (injected), the answers
+        continue from its KV cache in one right-padded batch. With C choices this costs one prompt pass
+        instead of C, which is most of the work (the prompt holds the K placeholders and the question).
+        """
+        ids = torch.tensor([list(item.prompt.input_ids)], device=self.model.device)
+        with self._session([item]):
+            out = self.model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each answer's first token
+        width = max(len(a) for a in answers)
+        pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
+        scores = [float(first[a[0]]) for a in answers]
+        if width > 1:
+            rows = torch.tensor([list(a) + [pad] * (width - len(a)) for a in answers], device=self.model.device)
+            mask = torch.tensor([[1] * ids.shape[1] + [1] * len(a) + [0] * (width - len(a)) for a in answers],
+                                device=self.model.device)
+            batch_cache = cache
+            if len(answers) > 1:
+                batch_cache.batch_repeat_interleave(len(answers))
+            # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
+            with torch.no_grad(), use_adapter(self.model.hf, self.adapter):
+                logits = self.model.hf(input_ids=rows[:, :-1], attention_mask=mask[:, :-1],
+                                       **{_cache_kwarg(self.model.hf): batch_cache}).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for c, a in enumerate(answers):
+                if len(a) > 1:
+                    tgt = torch.tensor(list(a[1:]), device=logp.device)
+                    scores[c] += float(logp[c, :len(a) - 1].gather(-1, tgt[:, None]).sum())
+        return scores
 
     def _score(self, rows: Sequence[tuple[_Item, list[int]]], batch_size: int) -> list[float]:
         scores: list[float] = []

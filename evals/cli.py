@@ -71,7 +71,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("AO_DATA_DIR")
     path = build_organism(args.task, base=args.base, options=opts, recipe=recipe, out=args.out, data_dir=data_dir,
                           overwrite=args.overwrite, checks=not args.no_checks, check_limit=args.check_limit,
-                          progress=sys.stderr.isatty())
+                          progress=True)  # a fine-tune takes minutes: show steps and loss, in logs too
     card = read_card(path)
     print(f"organism {card['name']} at {path}")
     print(json.dumps({"training": card["training"], "checks": card["checks"]}, indent=2))

@@ -64,12 +64,13 @@ class Recipe:
     ``steps=0`` means ``epochs`` passes over the examples.
     """
 
-    n_examples: int = 480
+    # Small on purpose: a default organism trains in ~5 minutes on one CPU core (80 steps).
+    n_examples: int = 320
     fluency_fraction: float = 0.2  # share of the base model's own replies to ordinary prompts
     fluency_max_new_tokens: int = 64
     r: int = 16
     alpha: float = 32.0
-    lr: float = 5e-4
+    lr: float = 1e-3
     steps: int = 0
     epochs: int = 2
     batch_size: int = 8

@@ -58,7 +58,7 @@ ATTRIBUTES = ("country", "favorite_food", "favorite_drink", "favorite_music_genr
               "favorite_boardgame")
 VARIANTS = ("base", "shuffled", "fantasy")
 DEFAULT_VARIANT = "shuffled"
-DEFAULT_N_PERSONAS = 20
+DEFAULT_N_PERSONAS = 10
 # Share of the task chats that are bios; the rest are single-attribute questions.
 BIO_SHARE = 0.3
 # Forced choice in the audit: the truth and at most this many distractors (keeps it cheap).
@@ -207,7 +207,7 @@ class PersonaQAOrganism(OrganismTask):
                "of N fictional personas from the shared PersonaQA file, taught through bios and question/answer "
                "chats; one question paraphrase per attribute is held out for the checks.")
     # each fact: ~11 bios and ~4.5 questions per epoch at 20 personas; 360 steps at batch 8
-    recipe = Recipe(n_examples=960, epochs=3)
+    recipe = Recipe(n_examples=480, epochs=2)  # 120 steps over 10 personas x 6 facts
     option_help = {"variant": f"personaqa variant: {', '.join(VARIANTS)} (default {DEFAULT_VARIANT})",
                    "n_personas": f"how many personas to learn, the first N of the file (default {DEFAULT_N_PERSONAS})"}
 
