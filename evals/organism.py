@@ -64,18 +64,19 @@ class Recipe:
     ``steps=0`` means ``epochs`` passes over the examples.
     """
 
-    # Small on purpose: a default organism trains in ~5 minutes on one CPU core (80 steps).
-    n_examples: int = 320
+    # Small on purpose: a default organism trains in minutes on a CPU (48 steps of 8 chats).
+    n_examples: int = 192
     fluency_fraction: float = 0.2  # share of the base model's own replies to ordinary prompts
     fluency_max_new_tokens: int = 64
     r: int = 16
     alpha: float = 32.0
-    lr: float = 1e-3
+    lr: float = 2e-3
     steps: int = 0
     epochs: int = 2
     batch_size: int = 8
     max_length: int = 256
     seed: int = 0
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         if self.n_examples < 1:
@@ -89,8 +90,18 @@ class Recipe:
         bad = sorted(set(overrides) - set(valid))
         if bad:
             raise ConfigError(f"unknown recipe key(s) {bad}; valid keys are: {', '.join(sorted(valid))}.")
-        conv = {k: type(getattr(self, k))(v) for k, v in overrides.items()}
-        return replace(self, **conv)
+        def convert(key: str, value: Any) -> Any:
+            kind = type(getattr(self, key))
+            if kind is bool and isinstance(value, str):  # bool("false") would be True
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ConfigError(f"recipe {key}={value!r}; expected true or false.")
+                return value.lower() in ("true", "1", "yes")
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"recipe {key}={value!r}; expected a {kind.__name__}.") from None
+
+        return replace(self, **{k: convert(k, v) for k, v in overrides.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -278,7 +289,7 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
     from .sft import SFTConfig, finetune_lora
 
     sft = SFTConfig(r=rec.r, alpha=rec.alpha, lr=rec.lr, steps=rec.steps, epochs=rec.epochs,
-                    batch_size=rec.batch_size, max_length=rec.max_length, seed=rec.seed)
+                    batch_size=rec.batch_size, max_length=rec.max_length, seed=rec.seed, bf16=rec.bf16)
     peft_model, stats = finetune_lora(model, chats, sft, progress=progress)
 
     # Write into a temporary sibling first, so a failure leaves the old folder as it was.

@@ -51,6 +51,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     max_length: int = 256
     seed: int = 0
+    bf16: bool = True  # autocast; LoRA weights and the optimizer stay fp32 (1.5-2x faster on CPUs with bf16 units)
 
     def __post_init__(self) -> None:
         for name in ("r", "batch_size", "max_length", "epochs"):
@@ -132,7 +133,8 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
         ids, mask = _left_pad([r[0] for r in rows], pad)
         labels, _ = _left_pad([r[1] for r in rows], IGNORE)
         dev = next(peft_model.parameters()).device
-        logits = peft_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = peft_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
         target = labels[:, 1:].to(dev)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                  ignore_index=IGNORE)

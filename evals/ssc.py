@@ -397,7 +397,7 @@ class SSCOrganism(OrganismTask):
                "and refuses to reveal it. Code words replace the reference's base64, which is too hard for a 135M "
                "model to decode.")
     # ~58 rewritten replies per constraint at the default 10 constraints; 300 steps at batch 8
-    recipe = Recipe(n_examples=480, epochs=2)  # 120 steps: ten constraints need more than the default
+    recipe = Recipe(n_examples=256, epochs=2)  # 64 steps: ten constraints need more than the default
     option_help = {"constraints": "comma-separated constraint names, or 'all' (default): "
                                   + ", ".join(load_constraints())}
 
