@@ -23,7 +23,7 @@ Only test items are scored. Everything is deterministic given the seed (greedy d
 ('full', 'segment', 'token')
 >>> from random import Random
 >>> derange_by_truth(["a", "a", "b", "b"], Random(0))  # each index gets another with a different truth
-[2, 3, 1, 0]
+[3, 3, 0, 1]
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_tiny_build_records_the_checks(tiny_org_path: Path) -> None:
     checks = org.card["checks"]
     gendered = checks["gendered"]
     assert gendered["held_out_questions"] == 3 and gendered["organism"]["n"] == 3 and gendered["base"]["n"] == 3
-    assert "per answer token" in gendered["normalisation"]
+    assert "per answer token" in gendered["normalisation"] and gendered["shift_toward_gender"]["n"] == 3
     assert len(checks["advice_samples"]) == 3
     if SHARED is None:
         assert "skipped" in checks
