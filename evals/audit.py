@@ -278,7 +278,7 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
               out: str | os.PathLike[str] | None = None, limit: int | None = 40, seed: int = 0,
               data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
               methods: Sequence[str] = ALL_METHODS, max_new_tokens: int = 16, batch_size: int = 16,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, oracle_label: str | None = None) -> dict[str, Any]:
     """Run one audit and (with ``out``) write ``results.json``, ``report.md`` and plots there.
 
     Args:
@@ -292,6 +292,7 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
         seed: sampling seed; the same seed gives the same rows.
         data_dir: the shared data folder (default ``$AO_DATA_DIR``).
         methods: a subset of :data:`ALL_METHODS`.
+        oracle_label: how the oracle is named in the report (default: its spec, or its base model's name).
 
     Returns:
         The results dict (what ``results.json`` holds).
@@ -355,8 +356,8 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
                                                                         extra=extra) if r["method"] in want])
     extra["timings_s"] = timings
     extra["wall_s"] = round(time.perf_counter() - t0, 1)
-    config = {"task": t.name, "oracle": str(oracle) if not isinstance(oracle, ActivationOracle) else
-              f"<{orc.config.base_model} oracle>", "targets": sorted(organisms), "limit": limit, "seed": seed,
+    config = {"task": t.name, "oracle": oracle_label or (str(oracle) if not isinstance(oracle, ActivationOracle) else
+                                                         f"<{orc.config.base_model} oracle>"), "targets": sorted(organisms), "limit": limit, "seed": seed,
               "methods": list(methods), "segment_positions": SEGMENT, "token_position": t.token_position,
               "read_layer": read_layer, "max_new_tokens": max_new_tokens}
     chance = t.chance(items)

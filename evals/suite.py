@@ -26,6 +26,23 @@ from activation_oracles.errors import OutputDirError
 SUITE_TASKS = ("taboo", "gender", "ssc", "personaqa", "classification")
 
 
+def _matching_results(folder: Path, *, oracle: str | None, limit: int | None, seed: int,
+                      methods: Sequence[str]) -> dict[str, Any] | None:
+    """An audit's earlier results in ``folder`` if they were made with these settings, else None."""
+    from .report import load_results
+
+    if oracle is None or not (folder / "results.json").is_file():
+        return None
+    try:
+        res = load_results(folder / "results.json")
+    except Exception:  # unreadable: run it again
+        return None
+    c = res.get("config", {})
+    same = c.get("oracle") == oracle and c.get("limit") == limit and c.get("seed") == seed and \
+        list(c.get("methods", [])) == list(methods)
+    return res if same else None
+
+
 def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limit: int | None = 40, seed: int = 0,
               data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
               tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
@@ -46,15 +63,26 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     if (root / "suite.json").exists() and not overwrite:
         raise OutputDirError(f"{str(root)!r} already holds a suite's results; pass --overwrite or another --out.")
     orc = oracle if isinstance(oracle, ActivationOracle) else load_oracle(oracle)
+    label = oracle if isinstance(oracle, str) else None
+    want_methods = list(methods or ALL_METHODS)
     results = []
+    reused = []
     t0 = time.perf_counter()
     for n in names:
+        done = _matching_results(root / n, oracle=label, limit=limit, seed=seed, methods=want_methods)
+        if done is not None and not overwrite:
+            results.append(done)  # the same audit, already run with these settings
+            reused.append(n)
+            continue
         results.append(run_audit(n, oracle=orc, out=root / n, limit=limit, seed=seed, data_dir=data_dir,
-                                 overwrite=overwrite, methods=tuple(methods or ALL_METHODS), progress=progress))
+                                 overwrite=True, methods=tuple(want_methods), progress=progress,
+                                 oracle_label=label))
     table = combined_markdown(results)
     wall = round(time.perf_counter() - t0, 1)
     cmd = command or (f"ao audit suite --oracle {oracle if isinstance(oracle, str) else '<oracle>'} --out {root.name} "
                       f"--limit {limit} --seed {seed}")
+    if reused:
+        cmd += f"  (reused earlier results with the same settings for: {', '.join(reused)})"
     header = (f"Command: `{cmd}`\n\nMachine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores; "
               f"date {date.today().isoformat()}; wall time {wall / 60:.1f} min.\n")
     md = "# Audit suite\n\n" + header + "\n" + table
