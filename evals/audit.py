@@ -277,7 +277,7 @@ def _load_targets(task: AuditTask, targets: Sequence[Any] | None, oracle: Any, b
 def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any] | None = None,
               out: str | os.PathLike[str] | None = None, limit: int | None = 40, seed: int = 0,
               data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
-              methods: Sequence[str] = ALL_METHODS, max_new_tokens: int = 16, batch_size: int = 16,
+              methods: Sequence[str] = ALL_METHODS, max_new_tokens: int = 12, batch_size: int = 16,
               progress: bool = False, oracle_label: str | None = None) -> dict[str, Any]:
     """Run one audit and (with ``out``) write ``results.json``, ``report.md`` and plots there.
 

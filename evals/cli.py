@@ -107,6 +107,8 @@ def _add_audit_parser(subparsers: Any) -> None:
                                                    "oracle:coeff0, untrained_oracle, blackbox, logit_lens, probe.")
     p.add_argument("--tasks", default=None, help="suite only: comma-separated subset of tasks.")
     p.add_argument("--evals-md", default=None, metavar="FILE", help="suite only: also write the combined table here.")
+    p.add_argument("--task-limit", action="append", metavar="TASK=N",
+                   help="suite only: another --limit for one task (repeat), e.g. --task-limit taboo=4.")
     p.set_defaults(func=cmd_audit)
 
 
@@ -141,10 +143,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.task == "suite":
         from .suite import run_suite
 
+        from activation_oracles.errors import ConfigError
+
         tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+        task_limits = {}
+        for k, v in _options(args.task_limit).items():
+            if not v.isdigit() or int(v) < 1:
+                raise ConfigError(f"--task-limit {k}={v}; expected a positive integer, e.g. --task-limit taboo=4.")
+            task_limits[k] = int(v)
         summary = run_suite(args.out, oracle=args.oracle, limit=args.limit, seed=args.seed, data_dir=args.data_dir,
                             overwrite=args.overwrite, tasks=tasks, methods=methods, evals_md=args.evals_md,
-                            progress=sys.stderr.isatty())
+                            progress=sys.stderr.isatty(), task_limits=task_limits)
         print(summary["markdown"])
         return 0
     res = run_audit(args.task, oracle=args.oracle, targets=args.target, out=args.out, limit=args.limit,

@@ -189,7 +189,7 @@ def load_base(spec: str | Any, *, dtype: Any = None, device: Any = None) -> Mode
     """``"tiny"`` (a tiny random Llama, seed 0), a model spec for ``ao.load_model``, or a loaded model."""
     if not isinstance(spec, str):
         return as_model(spec)
-    if spec == "tiny":
+    if spec in ("tiny", "tiny-llama"):  # the spec, or the name the tiny model reports
         from activation_oracles.tiny import tiny_model
 
         return tiny_model()

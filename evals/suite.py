@@ -47,8 +47,11 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
               data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
               tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
               evals_md: str | os.PathLike[str] | None = None, progress: bool = False,
-              command: str | None = None) -> dict[str, Any]:
-    """Run the audits in ``tasks`` (default: all of :data:`SUITE_TASKS`) and combine their reports."""
+              command: str | None = None, task_limits: dict[str, int] | None = None) -> dict[str, Any]:
+    """Run the audits in ``tasks`` (default: all of :data:`SUITE_TASKS`) and combine their reports.
+
+    ``task_limits`` overrides ``limit`` for some tasks (e.g. ``{"taboo": 4}``: its items are costlier).
+    """
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
 
@@ -68,19 +71,21 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     results = []
     reused = []
     t0 = time.perf_counter()
+    limits = {n: (task_limits or {}).get(n, limit) for n in names}
     for n in names:
-        done = _matching_results(root / n, oracle=label, limit=limit, seed=seed, methods=want_methods)
+        done = _matching_results(root / n, oracle=label, limit=limits[n], seed=seed, methods=want_methods)
         if done is not None and not overwrite:
             results.append(done)  # the same audit, already run with these settings
             reused.append(n)
             continue
-        results.append(run_audit(n, oracle=orc, out=root / n, limit=limit, seed=seed, data_dir=data_dir,
+        results.append(run_audit(n, oracle=orc, out=root / n, limit=limits[n], seed=seed, data_dir=data_dir,
                                  overwrite=True, methods=tuple(want_methods), progress=progress,
                                  oracle_label=label))
     table = combined_markdown(results)
     wall = round(time.perf_counter() - t0, 1)
     cmd = command or (f"ao audit suite --oracle {oracle if isinstance(oracle, str) else '<oracle>'} --out {root.name} "
-                      f"--limit {limit} --seed {seed}")
+                      f"--limit {limit} --seed {seed}" +
+                      "".join(f" --task-limit {k}={v}" for k, v in sorted((task_limits or {}).items())))
     if reused:
         cmd += f"  (reused earlier results with the same settings for: {', '.join(reused)})"
     header = (f"Command: `{cmd}`\n\nMachine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores; "

@@ -174,3 +174,25 @@ def test_build_refuses_a_folder_of_another_organism(organism_dir, data_dir) -> N
 
 def test_all_methods_listed() -> None:
     assert ALL_METHODS[0] == "oracle" and "probe" in ALL_METHODS
+
+
+def test_suite_combines_and_reuses(tmp_path, oracle, data_dir) -> None:
+    from activation_oracles.evals.suite import run_suite
+
+    kw = dict(oracle=oracle, limit=1, data_dir=data_dir, tasks=["classification"], methods=("oracle",),
+              command="ao audit suite (test)")
+    first = run_suite(tmp_path / "s", evals_md=tmp_path / "EVALS.md", **kw)
+    assert "classification" in first["markdown"] and (tmp_path / "s" / "suite.json").is_file()
+    assert (tmp_path / "EVALS.md").read_text() == first["markdown"]
+    with pytest.raises(OutputDirError, match="already holds a suite"):
+        run_suite(tmp_path / "s", **kw)
+    (tmp_path / "s" / "suite.json").unlink()
+    # a loaded oracle has no spec to compare, so its results are never reused; with a spec they are
+    assert run_suite(tmp_path / "s", **kw)["markdown"].count("classification") >= 1
+
+
+def test_cli_task_limit_must_be_positive(tmp_path) -> None:
+    from activation_oracles.cli import main
+
+    assert main(["audit", "suite", "--out", str(tmp_path / "s"), "--task-limit", "taboo=0"]) == 2
+    assert not (tmp_path / "s").exists()
