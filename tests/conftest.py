@@ -145,3 +145,14 @@ def smollm():
     import activation_oracles as ao
 
     return ao.load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    """The shared data folder (skips the test where it is absent)."""
+    from activation_oracles.training.classification import find_shared_data
+
+    d = find_shared_data()
+    if d is None:
+        pytest.skip("shared data folder not found")
+    return d

@@ -15,15 +15,6 @@ from activation_oracles.evals.organism import Recipe, build_organism, load_organ
 from activation_oracles.evals.stats import wilson_interval
 from activation_oracles.oracle import ActivationOracle
 from activation_oracles.tiny import tiny_model
-from activation_oracles.training.classification import find_shared_data
-
-
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    d = find_shared_data()
-    if d is None:
-        pytest.skip("shared data folder not found")
-    return d
 
 
 @pytest.fixture(scope="module")
