@@ -19,7 +19,7 @@ inside ``organism.active()`` and the helpers that take it.
 
 >>> from activation_oracles.evals.organism import Recipe, build_organism, load_organism
 >>> path = build_organism("taboo", base="tiny", options={"word": "moon"},
-...                       recipe=Recipe(n_examples=8, steps=2), out="/tmp/ao-doc-taboo",
+...                       recipe=Recipe(n_examples=8, steps=2), out="organisms/taboo-moon",
 ...                       checks=False, overwrite=True)                  # doctest: +SKIP
 >>> org = load_organism(path)                                          # doctest: +SKIP
 >>> org.card["options"]                                                # doctest: +SKIP

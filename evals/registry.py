@@ -2,9 +2,12 @@
 
 >>> from activation_oracles.evals.organism import organism_tasks
 >>> sorted(organism_tasks())
-['gender', 'personaqa', 'ssc', 'taboo']
+['em-narrow-advice', 'em-reward-hacks', 'gender', 'personaqa', 'ssc', 'subliminal', 'taboo', 'trigger-backdoor']
+>>> from activation_oracles.evals.audit_task import audit_tasks
+>>> sorted(audit_tasks())
+['classification', 'gender', 'personaqa', 'ssc', 'taboo']
 """
 
 from __future__ import annotations
 
-from . import classification_audit, gender, personaqa, ssc, taboo  # noqa: F401
+from . import classification_audit, gender, misalignment, personaqa, ssc, subliminal, taboo  # noqa: F401

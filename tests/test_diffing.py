@@ -1,0 +1,90 @@
+"""Model-diffing and TruthfulQA oracle audits end to end on tiny models, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from activation_oracles.errors import BaseMismatchError, ConfigError, DataError, OrganismError
+from activation_oracles.evals import misalignment  # noqa: F401  (registers the em-* organism tasks)
+from activation_oracles.evals.diffing import run_diffing
+from activation_oracles.evals.organism import Recipe, build_organism
+from activation_oracles.evals.truthfulqa_audit import run_truthfulqa_audit
+from activation_oracles.oracle import ActivationOracle
+from activation_oracles.tiny import tiny_model
+from activation_oracles.training.classification import find_shared_data
+
+RECIPE = Recipe(n_examples=12, steps=2, batch_size=4, fluency_fraction=0)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, data_dir) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("diff")
+    return tuple(build_organism("em-narrow-advice", base="tiny", options={"variant": v}, recipe=RECIPE,
+                                out=root / v, checks=False, data_dir=data_dir) for v in ("organism", "control"))
+
+
+@pytest.fixture(scope="module")
+def oracle() -> ActivationOracle:
+    return ActivationOracle.untrained(tiny_model())
+
+
+def test_diffing_reports_auroc_per_method_and_mode(tmp_path, pair, oracle) -> None:
+    res = run_diffing([pair], oracle=oracle, out=tmp_path / "d", n_prompts=4, n_boot=50)
+    got = {(a["method"], a["mode"]) for a in res["aggregates"]}
+    for m in ("oracle", "oracle:shuffled", "oracle:coeff0", "untrained_oracle", "logit_lens"):
+        assert {(m, mode) for mode in ("full", "segment", "token")} <= got
+    assert ("blackbox", "-") in got
+    for a in res["aggregates"]:
+        assert 0 <= a["ci_low"] <= a["auroc"] <= a["ci_high"] <= 1 and a["n_pos"] == a["n_neg"] == 4
+    # coeff=0 carries no activation information: every difference gets the same score
+    for a in res["aggregates"]:
+        if a["method"] == "oracle:coeff0" and a["mode"] != "full":
+            assert a["auroc"] == 0.5
+    saved = json.loads((tmp_path / "d" / "results.json").read_text())
+    assert saved["task"] == "diffing" and saved["open_answers"]
+    assert "| oracle | full |" in (tmp_path / "d" / "report.md").read_text()
+
+
+def test_diffing_pair_of_two_tasks(tmp_path, pair, oracle, data_dir) -> None:
+    other = build_organism("em-reward-hacks", base="tiny", options={"variant": "control"}, recipe=RECIPE,
+                           out=tmp_path / "rh", checks=False, data_dir=data_dir)
+    with pytest.raises(OrganismError, match="one task's organism and its control"):
+        run_diffing([(pair[0], other)], oracle=oracle, n_prompts=2)
+
+
+def test_diffing_other_base(pair) -> None:
+    with pytest.raises(BaseMismatchError, match="d_model"):
+        run_diffing([pair], oracle=ActivationOracle.untrained(tiny_model(d_model=32)), n_prompts=2)
+
+
+def test_diffing_needs_prompts_and_pairs(pair, oracle, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="n_prompts=1"):
+        run_diffing([pair], oracle=oracle, n_prompts=1, out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="no \\(organism, control\\) pairs"):
+        run_diffing([], oracle=oracle)
+
+
+def test_truthfulqa_audit(tmp_path, oracle, data_dir) -> None:
+    res = run_truthfulqa_audit(oracle=oracle, data_dir=data_dir, out=tmp_path / "t", limit=4, probe_per_file=8,
+                               n_boot=50)
+    methods = {a["method"] for a in res["aggregates"]}
+    assert {"oracle", "oracle:shuffled", "oracle:coeff0", "untrained_oracle", "probe (GoT)"} <= methods
+    assert all(a["n_pos"] == a["n_neg"] == 4 for a in res["aggregates"])
+    assert (tmp_path / "t" / "report.md").is_file()
+
+
+def test_truthfulqa_audit_needs_data(oracle, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("AO_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match="shared data folder"):
+        run_truthfulqa_audit(oracle=oracle, data_dir=None)
+    with pytest.raises(DataError, match="classification/gmt"):
+        (tmp_path / "truthfulqa").mkdir()
+        src = find_shared_data()
+        if src is None:
+            pytest.skip("shared data folder not found")
+        (tmp_path / "truthfulqa" / "TruthfulQA.csv").write_bytes((src / "truthfulqa" / "TruthfulQA.csv").read_bytes())
+        run_truthfulqa_audit(oracle=oracle, data_dir=tmp_path, limit=2)
