@@ -23,7 +23,8 @@ MODULES = [
     "activation_oracles.evals.baselines", "activation_oracles.evals.audit", "activation_oracles.evals.suite",
     "activation_oracles.evals.sft", "activation_oracles.evals.audit_task", "activation_oracles.evals.registry",
     "activation_oracles.evals.classification_audit", "activation_oracles.evals.diffing",
-    "activation_oracles.evals.truthfulqa_audit",
+    "activation_oracles.evals.truthfulqa_audit", "activation_oracles.evals.misalignment",
+    "activation_oracles.evals.subliminal",
 ]
 
 
