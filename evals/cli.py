@@ -156,11 +156,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                             progress=sys.stderr.isatty(), task_limits=task_limits)
         print(summary["markdown"])
         return 0
-    res = run_audit(args.task, oracle=args.oracle, targets=args.target, out=args.out, limit=args.limit,
-                    seed=args.seed, data_dir=args.data_dir, overwrite=args.overwrite, methods=methods,
-                    progress=sys.stderr.isatty())
+    run_audit(args.task, oracle=args.oracle, targets=args.target, out=args.out, limit=args.limit, seed=args.seed,
+              data_dir=args.data_dir, overwrite=args.overwrite, methods=methods, progress=sys.stderr.isatty())
     from pathlib import Path
 
     print((Path(args.out) / "report.md").read_text())
-    del res
     return 0
