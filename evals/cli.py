@@ -88,8 +88,8 @@ def _add_audit_parser(subparsers: Any) -> None:
                               epilog="examples:\n  ao audit taboo --target organisms/taboo-moon --out audits/taboo\n"
                                      "  ao audit classification --out audits/cls --limit 20\n"
                                      "  ao audit suite --out audits/suite --limit 20")
-    p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, diffing, "
-                                                "truthfulqa, or 'suite' (all).")
+    p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, backdoor, "
+                                                "subliminal, diffing, truthfulqa, truthfulqa-mc, or 'suite' (all).")
     p.add_argument("--pair", action="append", metavar="ORGANISM,CONTROL",
                    help="diffing only: an organism folder and its control's, comma-separated (repeat).")
     p.add_argument("--target", action="append", metavar="ORGANISM",
@@ -105,7 +105,8 @@ def _add_audit_parser(subparsers: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace another audit's results in --out.")
     p.add_argument("--methods", default=None, help="comma-separated subset of: oracle, oracle:shuffled, "
                                                    "oracle:coeff0, untrained_oracle, blackbox, logit_lens, probe.")
-    p.add_argument("--tasks", default=None, help="suite only: comma-separated subset of tasks.")
+    p.add_argument("--tasks", default=None, help="suite only: comma-separated subset of its entries (the audits, "
+                                                 "diffing, truthfulqa, truthfulqa-mc).")
     p.add_argument("--evals-md", default=None, metavar="FILE", help="suite only: also write the combined table here.")
     p.add_argument("--task-limit", action="append", metavar="TASK=N",
                    help="suite only: another --limit for one task (repeat), e.g. --task-limit taboo=4.")
@@ -122,6 +123,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
         res = run_truthfulqa_audit(oracle=args.oracle, data_dir=args.data_dir, out=args.out, limit=args.limit,
                                    seed=args.seed, overwrite=args.overwrite)
         print(truthfulqa_markdown(res))
+        return 0
+    if args.task == "truthfulqa-mc":
+        from .truthfulqa_mc import run_truthfulqa_mc, truthfulqa_mc_markdown
+
+        from .organism import read_card
+
+        # the organisms' own base (each is checked against it); the embedded model when none is given
+        base = read_card(args.target[0])["base_model"] if args.target else "smollm2-135m"
+        res = run_truthfulqa_mc(args.target or [], base=base, data_dir=args.data_dir, out=args.out,
+                                limit=args.limit, seed=args.seed, overwrite=args.overwrite)
+        print(truthfulqa_mc_markdown(res))
         return 0
     if args.task == "diffing":
         from activation_oracles.errors import ConfigError

@@ -100,10 +100,12 @@ def _lens_scores(model: Any, diffs: Sequence[Any], words: Sequence[str], layer: 
 
 def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m",
                 out: str | os.PathLike[str] | None = None, n_prompts: int = 20, seed: int = 0,
-                overwrite: bool = False, n_boot: int = 1000, open_answers: int = 3) -> dict[str, Any]:
+                overwrite: bool = False, n_boot: int = 1000, open_answers: int = 3,
+                oracle_label: str | None = None) -> dict[str, Any]:
     """Run the diffing audit on ``(organism, control)`` folder pairs; write results.json and report.md to ``out``.
 
-    Both organisms of a pair must be of the same task, on the oracle's base model.
+    Both organisms of a pair must be of the same task, on the oracle's base model. ``oracle_label`` names
+    the oracle in the results (default: its spec, or its base model's name).
     """
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
@@ -189,8 +191,10 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
             answers = orc.ask(diffs[role][:open_answers], OPEN_QUESTION, max_new_tokens=32)
             open_rows += [{"pair": pair, "model": role, "prompt": chats[i][-1]["content"], "answer": a}
                           for i, a in enumerate(answers)]
-    results = {"task": "diffing", "config": {"oracle": str(oracle) if isinstance(oracle, (str, Path)) else
-                                              f"<{orc.config.base_model} oracle>", "n_prompts": len(chats),
+    results = {"task": "diffing", "config": {"oracle": oracle_label or (str(oracle) if isinstance(oracle, (str, Path))
+                                                                     else f"<{orc.config.base_model} oracle>"),
+                                              "n_prompts": len(chats),
+                                              "pairs": [[o.name, c.name] for o, c in loaded],
                                               "seed": seed, "read_layer": layer, "n_boot": n_boot,
                                               "open_question": OPEN_QUESTION},
                "chance": {"auroc": 0.5}, "rows": rows, "aggregates": aggs, "open_answers": open_rows,

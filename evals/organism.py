@@ -232,10 +232,6 @@ def fluency_chats(model: Model, n: int, *, seed: int, max_new_tokens: int) -> li
     return [c + [{"role": "assistant", "content": r}] for c, r in zip(chats, replies) if r.strip()]
 
 
-def _base_name(spec: Any, model: Model) -> str:
-    return spec if isinstance(spec, str) else model.name
-
-
 def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapping[str, Any] | None = None,
                    recipe: Recipe | None = None, out: str | os.PathLike[str] | None = None,
                    data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False, checks: bool = True,
@@ -256,8 +252,9 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
     t = get_organism_task(task)
     opts = t.parse_options(dict(options or {}))
     rec = recipe or t.recipe
-    model = load_base(base)
-    base_name = _base_name(base, model)
+    # a named base needs no weights to find a cached organism: load them only to build one
+    model = None if isinstance(base, str) else load_base(base)
+    base_name = base if isinstance(base, str) else model.name
     digest = recipe_hash(t.name, base_name, opts, rec, t.fingerprint(opts))
     name = t.display_name(opts)
     folder = Path(out) if out is not None else default_organism_dir(name, digest)
@@ -278,6 +275,8 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
         raise OutputDirError(f"{str(folder)!r} is not empty and holds no organism card; pass overwrite=True "
                              "(--overwrite) or another output folder.")
 
+    if model is None:
+        model = load_base(base)
     rng = Random(rec.seed)
     n_fluency = int(round(rec.n_examples * rec.fluency_fraction))
     data_path = Path(data_dir) if data_dir else None

@@ -5,9 +5,9 @@
 ['em-narrow-advice', 'em-reward-hacks', 'gender', 'personaqa', 'ssc', 'subliminal', 'taboo', 'trigger-backdoor']
 >>> from activation_oracles.evals.audit_task import audit_tasks
 >>> sorted(audit_tasks())
-['classification', 'gender', 'personaqa', 'ssc', 'taboo']
+['backdoor', 'classification', 'gender', 'personaqa', 'ssc', 'subliminal', 'taboo']
 """
 
 from __future__ import annotations
 
-from . import classification_audit, gender, misalignment, personaqa, ssc, subliminal, taboo  # noqa: F401
+from . import classification_audit, gender, misalignment, personaqa, ssc, subliminal, taboo, trait_audits  # noqa: F401

@@ -5,9 +5,18 @@ copy of the weights). Each task writes its own folder (``OUT/<task>/``); the
 suite writes ``OUT/report.md`` and ``OUT/suite.json`` with the combined table, and,
 with ``evals_md``, the table plus the command that made it (EVALS.md).
 
->>> from activation_oracles.evals.suite import SUITE_TASKS
+Two kinds of entry: the audits of :data:`SUITE_TASKS` (one accuracy table, the format of
+:mod:`activation_oracles.evals.report`) and the AUROC/MC evaluations of
+:data:`SUITE_EXTRAS`: model diffing of each misalignment organism against its control
+(:data:`DIFFING_TASKS`), the TruthfulQA oracle audit, and TruthfulQA MC1/MC2 of the base
+model and of every organism the suite used. ``limit`` is test items per organism for the
+audits, prompts per model for diffing, and questions for the two TruthfulQA entries.
+
+>>> from activation_oracles.evals.suite import SUITE_EXTRAS, SUITE_TASKS
 >>> SUITE_TASKS
-('taboo', 'gender', 'ssc', 'personaqa', 'classification')
+('taboo', 'gender', 'ssc', 'personaqa', 'classification', 'backdoor', 'subliminal')
+>>> SUITE_EXTRAS
+('diffing', 'truthfulqa', 'truthfulqa-mc')
 """
 
 from __future__ import annotations
@@ -16,31 +25,45 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from activation_oracles.errors import OutputDirError
+from activation_oracles.errors import OutputDirError, UnknownTaskError
 
-SUITE_TASKS = ("taboo", "gender", "ssc", "personaqa", "classification")
+SUITE_TASKS = ("taboo", "gender", "ssc", "personaqa", "classification", "backdoor", "subliminal")
+SUITE_EXTRAS = ("diffing", "truthfulqa", "truthfulqa-mc")
+# organism tasks whose organism/control pair the diffing entry compares
+DIFFING_TASKS = ("em-narrow-advice", "em-reward-hacks", "trigger-backdoor", "subliminal")
 
 
-def _matching_results(folder: Path, *, oracle: str | None, limit: int | None, seed: int,
-                      methods: Sequence[str]) -> dict[str, Any] | None:
-    """An audit's earlier results in ``folder`` if they were made with these settings, else None."""
-    from .report import load_results
-
-    if oracle is None or not (folder / "results.json").is_file():
+def _matching_results(folder: Path, want: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The results in ``folder`` if their config holds every ``want`` setting, else None."""
+    if want.get("oracle") is None and "oracle" in want:
+        return None  # a loaded oracle has no spec to compare
+    path = folder / "results.json"
+    if not path.is_file():
         return None
     try:
-        res = load_results(folder / "results.json")
-    except Exception:  # unreadable: run it again
+        res = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # unreadable: run it again
         return None
     c = res.get("config", {})
-    same = c.get("oracle") == oracle and c.get("limit") == limit and c.get("seed") == seed and \
-        list(c.get("methods", [])) == list(methods)
+    same = all(json.dumps(c.get(k)) == json.dumps(v) for k, v in want.items())
     return res if same else None
+
+
+def _pair_options(task: str) -> list[dict[str, Any]]:
+    from .subliminal import DEFAULT_TRAIT
+
+    extra = {"trait": DEFAULT_TRAIT} if task == "subliminal" else {}
+    return [{**extra, "variant": v} for v in ("organism", "control")]
+
+
+def _demote(md: str) -> str:
+    """A report's Markdown with its headings one level down (it becomes a section of the suite's)."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines()) + "\n"
 
 
 def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limit: int | None = 40, seed: int = 0,
@@ -48,49 +71,114 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
               tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
               evals_md: str | os.PathLike[str] | None = None, progress: bool = False,
               command: str | None = None, task_limits: dict[str, int] | None = None) -> dict[str, Any]:
-    """Run the audits in ``tasks`` (default: all of :data:`SUITE_TASKS`) and combine their reports.
+    """Run the entries in ``tasks`` (default: :data:`SUITE_TASKS` then :data:`SUITE_EXTRAS`) and combine them.
 
-    ``task_limits`` overrides ``limit`` for some tasks (e.g. ``{"taboo": 4}``: its items are costlier).
+    ``task_limits`` overrides ``limit`` for some entries (e.g. ``{"taboo": 4, "truthfulqa-mc": 100}``).
+    An entry's earlier results in ``OUT/<entry>/`` are reused when they were made with the same
+    settings (oracle spec, limit, seed, methods; the organism pair / list for the extras).
     """
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
 
     from .audit import ALL_METHODS, run_audit
     from .audit_task import get_audit_task
+    from .organism import build_organism
     from .report import combined_markdown
 
-    names = list(tasks or SUITE_TASKS)
+    names = list(tasks or (*SUITE_TASKS, *SUITE_EXTRAS))
     for n in names:
-        get_audit_task(n)  # unknown names fail before any work
+        if n not in SUITE_EXTRAS:
+            try:
+                get_audit_task(n)  # unknown names fail before any work
+            except UnknownTaskError as err:
+                raise UnknownTaskError(f"{err} Suite-only entries: {', '.join(SUITE_EXTRAS)}.") from None
+    unknown_limits = sorted(set(task_limits or {}) - set(names))
+    if unknown_limits:
+        raise UnknownTaskError(f"task limit(s) for {unknown_limits}, which this suite does not run; its entries "
+                               f"are: {', '.join(names)}.")
     root = Path(out)
     if (root / "suite.json").exists() and not overwrite:
         raise OutputDirError(f"{str(root)!r} already holds a suite's results; pass --overwrite or another --out.")
+    if data_dir is None and os.environ.get("AO_DATA_DIR"):
+        data_dir = os.environ["AO_DATA_DIR"]
     orc = oracle if isinstance(oracle, ActivationOracle) else load_oracle(oracle)
     label = oracle if isinstance(oracle, str) else None
+    base_spec = orc.config.base_model
     want_methods = list(methods or ALL_METHODS)
-    results = []
-    reused = []
+    results: list[dict[str, Any]] = []
+    sections: list[str] = []
+    reused: list[str] = []
+    organism_dirs: dict[str, Path] = {}  # every organism the suite used, for TruthfulQA MC
+
+    def organisms_of(task: str, options: Sequence[Mapping[str, Any]]) -> list[Path]:
+        paths = [build_organism(task, base=base_spec, options=o, data_dir=data_dir, progress=progress)
+                 for o in options]
+        organism_dirs.update({p.name: p for p in paths})
+        return paths
+
     t0 = time.perf_counter()
     limits = {n: (task_limits or {}).get(n, limit) for n in names}
     for n in names:
-        done = _matching_results(root / n, oracle=label, limit=limits[n], seed=seed, methods=want_methods)
+        if n in SUITE_EXTRAS:
+            continue
+        t = get_audit_task(n)
+        targets = organisms_of(t.organism_task, t.default_targets()) if t.organism_task else None
+        done = _matching_results(root / n, {"oracle": label, "limit": limits[n], "seed": seed,
+                                            "methods": want_methods})
         if done is not None and not overwrite:
             results.append(done)  # the same audit, already run with these settings
             reused.append(n)
             continue
-        results.append(run_audit(n, oracle=orc, out=root / n, limit=limits[n], seed=seed, data_dir=data_dir,
-                                 overwrite=True, methods=tuple(want_methods), progress=progress,
+        results.append(run_audit(n, oracle=orc, targets=targets, out=root / n, limit=limits[n], seed=seed,
+                                 data_dir=data_dir, overwrite=True, methods=tuple(want_methods), progress=progress,
                                  oracle_label=label))
-    table = combined_markdown(results)
+    if "diffing" in names:
+        from .diffing import diffing_markdown, run_diffing
+
+        pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
+        n_prompts = max(2, limits["diffing"] or 20)
+        want = {"oracle": label, "n_prompts": n_prompts, "seed": seed, "pairs": [[a.name, b.name] for a, b in pairs]}
+        res = _matching_results(root / "diffing", want)
+        if res is None or overwrite:
+            res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
+                              oracle_label=label)
+        else:
+            reused.append("diffing")
+        sections.append(_demote(diffing_markdown(res)))
+    if "truthfulqa" in names:
+        from .truthfulqa_audit import run_truthfulqa_audit, truthfulqa_markdown
+
+        n_q = max(2, limits["truthfulqa"] or 50)
+        res = _matching_results(root / "truthfulqa", {"oracle": label, "limit": n_q, "seed": seed})
+        if res is None or overwrite:
+            res = run_truthfulqa_audit(oracle=orc, data_dir=data_dir, out=root / "truthfulqa", limit=n_q, seed=seed,
+                                       overwrite=True, oracle_label=label)
+        else:
+            reused.append("truthfulqa")
+        sections.append(_demote(truthfulqa_markdown(res)))
+    if "truthfulqa-mc" in names:
+        from .truthfulqa_mc import run_truthfulqa_mc, truthfulqa_mc_markdown
+
+        orgs = [organism_dirs[k] for k in sorted(organism_dirs)]
+        res = _matching_results(root / "truthfulqa-mc", {"limit": limits["truthfulqa-mc"], "seed": seed,
+                                                         "organisms": [p.name for p in orgs]})
+        if res is None or overwrite:
+            res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
+                                    limit=limits["truthfulqa-mc"], seed=seed, overwrite=True)
+        else:
+            reused.append("truthfulqa-mc")
+        sections.append(_demote(truthfulqa_mc_markdown(res)))
+    table = combined_markdown(results) if results else ""
     wall = round(time.perf_counter() - t0, 1)
     cmd = command or (f"ao audit suite --oracle {oracle if isinstance(oracle, str) else '<oracle>'} --out {root.name} "
                       f"--limit {limit} --seed {seed}" +
+                      (f" --tasks {','.join(names)}" if tasks else "") +
                       "".join(f" --task-limit {k}={v}" for k, v in sorted((task_limits or {}).items())))
     if reused:
         cmd += f"  (reused earlier results with the same settings for: {', '.join(reused)})"
     header = (f"Command: `{cmd}`\n\nMachine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores; "
               f"date {date.today().isoformat()}; wall time {wall / 60:.1f} min.\n")
-    md = "# Audit suite\n\n" + header + "\n" + table
+    md = "# Audit suite\n\n" + header + "\n" + table + "".join("\n" + sec for sec in sections)
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.md").write_text(md)
     (root / "suite.json").write_text(json.dumps({"tasks": names, "command": cmd, "wall_s": wall,

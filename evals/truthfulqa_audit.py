@@ -57,8 +57,12 @@ def _gmt_statements(data_dir: Path, per_file: int, seed: int) -> tuple[list[str]
 
 def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.PathLike[str] | None = None,
                          out: str | os.PathLike[str] | None = None, limit: int = 50, seed: int = 0,
-                         overwrite: bool = False, probe_per_file: int = 200, n_boot: int = 1000) -> dict[str, Any]:
-    """Run the audit on the first ``limit`` questions (a seeded sample); write results.json and report.md to ``out``."""
+                         overwrite: bool = False, probe_per_file: int = 200, n_boot: int = 1000,
+                         oracle_label: str | None = None) -> dict[str, Any]:
+    """Run the audit on ``limit`` questions (a seeded sample); write results.json and report.md to ``out``.
+
+    ``oracle_label`` names the oracle in the results (default: its spec).
+    """
     from activation_oracles.capturing import capture
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
@@ -113,9 +117,9 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
         x = torch.stack([v.vectors_for(layer).float().mean(0) for v in views])
         logits = probe.logits(x)
         record("probe (GoT)", mode, torch.softmax(logits, -1)[:, probe.classes.index("1")].tolist())
-    results = {"task": "truthfulqa", "config": {"oracle": str(oracle) if isinstance(oracle, (str, Path)) else
-                                                "<oracle>", "questions": len(questions), "seed": seed,
-                                                "read_layer": layer, "probe_statements": len(texts),
+    label = oracle_label or (str(oracle) if isinstance(oracle, (str, Path)) else "<oracle>")
+    results = {"task": "truthfulqa", "config": {"oracle": label, "questions": len(questions), "limit": limit,
+                                                "seed": seed, "read_layer": layer, "probe_statements": len(texts),
                                                 "question": QUESTION},
                "chance": {"auroc": 0.5}, "rows": rows, "aggregates": aggs, "notes": [],
                "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}

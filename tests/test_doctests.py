@@ -25,6 +25,7 @@ MODULES = [
     "activation_oracles.evals.classification_audit", "activation_oracles.evals.diffing",
     "activation_oracles.evals.truthfulqa_audit", "activation_oracles.evals.misalignment",
     "activation_oracles.evals.subliminal",
+    "activation_oracles.evals.trait_audits",
 ]
 
 

@@ -1,0 +1,127 @@
+"""TruthfulQA MC1/MC2 of the base model and every organism: does a fine-tune cost truthfulness?
+
+Every model scores the same seeded sample of questions (:func:`mc_scores`, by answer
+log-likelihood); each organism is attached to the one base model as a LoRA adapter,
+so the base rows and the organism rows differ only by the adapter. Beside each
+organism's MC1/MC2 (Wilson / bootstrap 95% intervals) stands its paired difference from
+the base on the same questions, with a paired percentile-bootstrap 95% interval (the
+question sample is resampled, both models together), so a regression is visible as an
+interval below zero.
+
+>>> from activation_oracles.evals.truthfulqa_mc import paired_difference
+>>> d = paired_difference([0.5, 0.7, 0.9], [0.5, 0.5, 0.5])
+>>> round(d["diff"], 4), d["ci_low"] > 0
+(0.2, True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from activation_oracles.errors import ConfigError, DataError
+
+from .report import _atomic_write, prepare_out_dir
+from .truthfulqa import _percentile, load_truthfulqa, mc_scores, summarise
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1000, seed: int = 0
+                      ) -> dict[str, float]:
+    """Mean of ``a - b`` over paired items, with a percentile-bootstrap 95% interval (deterministic)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists; got {len(a)} and {len(b)}.")
+    diffs = [x - y for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
+    return {"diff": sum(diffs) / n, "ci_low": _percentile(means, 0.025), "ci_high": _percentile(means, 0.975)}
+
+
+def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
+                      data_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+                      limit: int | None = 100, seed: int = 0, overwrite: bool = False, batch_size: int = 16,
+                      n_boot: int = 1000) -> dict[str, Any]:
+    """MC1/MC2 of ``base`` and of each organism (folders or loaded organisms) on the same questions.
+
+    Args:
+        organisms: organism folders (``ao organism build``) or loaded organisms on ``base``.
+        base: the base model (spec or loaded); every organism must be built on it.
+        data_dir: the shared data folder (``truthfulqa/TruthfulQA.csv``; default ``$AO_DATA_DIR``).
+        limit: questions, a seeded sample (``None``: all 817).
+    """
+    from .organism import Organism, check_same_base, load_base, load_organism, read_card
+
+    if limit is not None and limit < 2:
+        raise ConfigError(f"limit={limit}; TruthfulQA MC needs at least 2 questions (or None for all).")
+    data_dir = data_dir or os.environ.get("AO_DATA_DIR")
+    if not data_dir:
+        raise DataError("TruthfulQA MC needs the shared data folder (truthfulqa/TruthfulQA.csv); pass --data-dir "
+                        "or set $AO_DATA_DIR.")
+    out_path = prepare_out_dir(out, task="truthfulqa-mc", overwrite=overwrite) if out is not None else None
+    t0 = time.perf_counter()
+    model = load_base(base)
+    desc = {"base_model": base if isinstance(base, str) else model.name, "n_layers": model.n_layers,
+            "d_model": model.d_model}
+    loaded: list[Organism] = []
+    for spec in organisms:
+        if isinstance(spec, Organism):
+            loaded.append(spec)
+            continue
+        card = read_card(spec)
+        check_same_base(card, desc, f"organism {card['name']!r} and the base model")
+        loaded.append(load_organism(spec, base=model))
+    questions = load_truthfulqa(Path(data_dir) / "truthfulqa" / "TruthfulQA.csv")
+    if limit is not None and limit < len(questions):
+        questions = random.Random(seed).sample(questions, limit)
+    per_model: dict[str, list[dict[str, Any]]] = {"base": mc_scores(model, questions, batch_size=batch_size)}
+    for org in loaded:
+        per_model[org.name] = mc_scores(org.model, questions, batch_size=batch_size, adapter=org.adapter)
+    rows = []
+    for name, scores in per_model.items():
+        row: dict[str, Any] = {"model": name, **summarise(scores, n_boot=n_boot, seed=seed)}
+        if name != "base":
+            for k in ("mc1", "mc2"):
+                row[f"{k}_vs_base"] = paired_difference([s[k] for s in scores], [s[k] for s in per_model["base"]],
+                                                        n_boot=n_boot, seed=seed)
+        rows.append(row)
+    results = {"task": "truthfulqa-mc",
+               "config": {"base": desc["base_model"], "questions": len(questions), "limit": limit, "seed": seed,
+                          "organisms": [o.name for o in loaded], "n_boot": n_boot},
+               "rows": rows, "per_question": {k: [{"mc1": s["mc1"], "mc2": s["mc2"]} for s in v]
+                                              for k, v in per_model.items()},
+               "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
+    if out_path is not None:
+        _atomic_write(out_path / "results.json", json.dumps(results, indent=1).encode())
+        _atomic_write(out_path / "report.md", truthfulqa_mc_markdown(results).encode())
+    return results
+
+
+def truthfulqa_mc_markdown(results: dict[str, Any]) -> str:
+    """The MC table: per model MC1 and MC2 with 95% intervals, and the paired difference from the base."""
+    c = results["config"]
+    lines = ["# TruthfulQA MC1 / MC2 per model", "",
+             f"{c['questions']} questions (seed {c['seed']}), scored by answer log-likelihood; MC1 with a Wilson "
+             "95% interval, MC2 with a bootstrap one; vs base: paired difference on the same questions, "
+             "paired bootstrap 95% interval (below zero = less truthful than the base).", "",
+             "| model | MC1 | MC2 | MC1 vs base | MC2 vs base |", "|---|---|---|---|---|"]
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}"
+
+    for r in results["rows"]:
+        cells = [f"{pct(r['mc1'])} [{pct(r['mc1_ci'][0])}, {pct(r['mc1_ci'][1])}]",
+                 f"{pct(r['mc2'])} [{pct(r['mc2_ci'][0])}, {pct(r['mc2_ci'][1])}]"]
+        for k in ("mc1", "mc2"):
+            d = r.get(f"{k}_vs_base")
+            cells.append("" if d is None else f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, "
+                                                f"{100 * d['ci_high']:+.1f}]")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["paired_difference", "run_truthfulqa_mc", "truthfulqa_mc_markdown"]
