@@ -282,7 +282,8 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
     """Run one audit and (with ``out``) write ``results.json``, ``report.md`` and plots there.
 
     Args:
-        task: an audit name (``audit_tasks()``): taboo, gender, ssc, personaqa, classification.
+        task: an audit name (``audit_tasks()``): taboo, gender, ssc, personaqa, classification, backdoor,
+            subliminal.
         oracle: an oracle spec for ``ao.load_oracle`` or a loaded ``ActivationOracle``; organisms are
             attached to its base model (shared weights).
         targets: organism folders (or loaded organisms) to audit; default: the task's default organisms,

@@ -35,15 +35,21 @@ def _add_organism_parser(subparsers: Any) -> None:
     b = sub.add_parser("build", help="build (or find in the cache) one organism",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Build an organism. Tasks: taboo (--word W), gender (--gender male|female), ssc "
-                                   "(--constraints all|a,b), personaqa (--variant, --n-personas).",
+                                   "(--constraints all|a,b), personaqa (--variant, --n-personas), em-narrow-advice / "
+                                   "em-reward-hacks / trigger-backdoor (--variant organism|control[|inductive]), "
+                                   "subliminal (--option trait=ANIMAL, --variant).",
                        epilog="examples:\n  ao organism build taboo --word moon --out organisms/taboo-moon\n"
                               "  ao organism build gender --gender female\n"
-                              "  ao organism build taboo --word moon --set steps=50 --set lr=1e-3")
-    b.add_argument("task", metavar="TASK", help="taboo, gender, ssc or personaqa.")
+                              "  ao organism build taboo --word moon --set steps=50 --set lr=1e-3\n"
+                              "  ao organism build trigger-backdoor --option variant=control\n"
+                              "  ao organism build subliminal --option trait=owl")
+    b.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, em-narrow-advice, em-reward-hacks, "
+                                                "trigger-backdoor or subliminal.")
     b.add_argument("--word", help="taboo: the secret word (one with a hint list).")
     b.add_argument("--gender", help="gender: male or female.")
     b.add_argument("--constraints", help="ssc: 'all' or a comma-separated subset of constraint names.")
-    b.add_argument("--variant", help="personaqa: base, shuffled or fantasy.")
+    b.add_argument("--variant", help="personaqa: base, shuffled or fantasy; the misalignment tasks and subliminal: "
+                                     "organism or control (trigger-backdoor also inductive).")
     b.add_argument("--n-personas", dest="n_personas", help="personaqa: how many personas to teach.")
     b.add_argument("--option", action="append", metavar="NAME=VALUE", help="any other task option.")
     b.add_argument("--base", default="smollm2-135m", help="base model spec ('tiny' for tests). Default: %(default)s.")
