@@ -40,7 +40,7 @@ import torch
 from activation_oracles.errors import ConfigError, OrganismError
 
 from .audit_task import AuditItem, AuditTask, get_audit_task
-from .organism import Organism, build_organism, check_same_base, load_organism
+from .organism import Organism, attach_organism, build_organism
 from .report import prepare_out_dir, write_report
 
 MODES = ("full", "segment", "token")
@@ -256,17 +256,8 @@ def _load_targets(task: AuditTask, targets: Sequence[Any] | None, oracle: Any, b
         build_organism(task.organism_task, base=base_spec, options=opts, data_dir=data_dir, progress=progress)
         for opts in task.default_targets()]
     out: dict[str, Any] = {}
-    oracle_desc = {"base_model": oracle.config.base_model, "n_layers": oracle.model.n_layers,
-                   "d_model": oracle.model.d_model}
     for spec in specs:
-        if isinstance(spec, Organism):
-            org = spec
-        else:
-            from .organism import read_card
-
-            card = read_card(spec)
-            check_same_base(card, oracle_desc, f"organism {card['name']!r} and the oracle")
-            org = load_organism(spec, base=oracle.model)
+        org = attach_organism(spec, oracle.model, base_name=oracle.config.base_model, what="the oracle")
         if org.card.get("task") != task.organism_task:
             raise OrganismError(f"organism {org.name!r} is a {org.card.get('task')!r} organism; the {task.name!r} "
                                 f"audit needs a {task.organism_task!r} one (ao organism build {task.organism_task}).")

@@ -21,7 +21,6 @@ final norm and unembedding, mean logit of trait words). The oracle's open answer
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ import torch
 from activation_oracles.errors import BaseMismatchError, ConfigError, OrganismError
 
 from .audit import MODES, _mode_view
-from .report import _atomic_write, prepare_out_dir
+from .report import prepare_out_dir, write_results
 from .stats import auroc_row
 
 OPEN_QUESTION = "Can you describe what is happening in this text?"
@@ -111,7 +110,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
     from activation_oracles.oracle import ActivationOracle
 
     from .chat import answer_logprobs
-    from .organism import Organism, check_same_base, load_organism, read_card
+    from .organism import Organism, attach_organism
 
     if n_prompts < 2:
         raise ConfigError(f"n_prompts={n_prompts}; the diffing audit needs at least 2 prompts per model.")
@@ -122,17 +121,9 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
     t0 = time.perf_counter()
     orc = oracle if isinstance(oracle, ActivationOracle) else load_oracle(oracle)
     model = orc.model
-    oracle_desc = {"base_model": orc.config.base_model, "n_layers": model.n_layers, "d_model": model.d_model}
     loaded: list[tuple[Organism, Organism]] = []
     for a, b in pairs:
-        orgs = []
-        for spec in (a, b):
-            if isinstance(spec, Organism):
-                orgs.append(spec)
-                continue
-            card = read_card(spec)
-            check_same_base(card, oracle_desc, f"organism {card['name']!r} and the oracle")
-            orgs.append(load_organism(spec, base=model))
+        orgs = [attach_organism(spec, model, base_name=orc.config.base_model, what="the oracle") for spec in (a, b)]
         if orgs[0].card["task"] != orgs[1].card["task"]:
             raise OrganismError(f"a diffing pair must be one task's organism and its control; got "
                                 f"{orgs[0].card['task']!r} and {orgs[1].card['task']!r}.")
@@ -200,8 +191,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
                "chance": {"auroc": 0.5}, "rows": rows, "aggregates": aggs, "open_answers": open_rows,
                "notes": [], "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
     if out_path is not None:
-        _atomic_write(out_path / "results.json", json.dumps(results, indent=1).encode())
-        _atomic_write(out_path / "report.md", diffing_markdown(results).encode())
+        write_results(out_path, results, diffing_markdown(results))
     return results
 
 

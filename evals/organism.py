@@ -463,3 +463,15 @@ def load_organism(path: str | os.PathLike[str], *, base: Any = None) -> Organism
     _attach(model, folder, adapter, acfg)
     park_adapters(model.hf)
     return Organism(model=model, adapter=adapter, card=card, path=folder)
+
+
+def attach_organism(spec: str | os.PathLike[str] | Organism, model: Model, *, base_name: str | None,
+                    what: str) -> Organism:
+    """``spec`` as is when already loaded; else the folder's card checked against ``base_name`` and
+    ``model``'s shape (``what`` names the other side in the error), and its adapter attached to ``model``."""
+    if isinstance(spec, Organism):
+        return spec
+    card = read_card(spec)
+    check_same_base(card, {"base_model": base_name, "n_layers": model.n_layers, "d_model": model.d_model},
+                    f"organism {card['name']!r} and {what}")
+    return load_organism(spec, base=model)

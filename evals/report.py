@@ -182,6 +182,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
+    """Write ``results.json`` and ``report.md`` into ``out``, each atomically (the AUROC-style entries)."""
+    _atomic_write(out / RESULTS_FILE, json.dumps(results, indent=1).encode())
+    _atomic_write(out / "report.md", markdown.encode())
+
+
 def _plot_name(kind: str) -> str:
     # Kinds become file names; keep only characters that are safe everywhere.
     return f"plot_{re.sub(r'[^A-Za-z0-9_-]', '_', kind)}.png"

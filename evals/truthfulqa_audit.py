@@ -16,7 +16,6 @@ transfers in the truthfulness literature.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from activation_oracles.errors import ConfigError, DataError
 
 from .audit import MODES, _mode_view
-from .report import _atomic_write, prepare_out_dir
+from .report import prepare_out_dir, write_results
 from .stats import auroc_row
 
 QUESTION = "Is this answer true?"
@@ -124,8 +123,7 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
                "chance": {"auroc": 0.5}, "rows": rows, "aggregates": aggs, "notes": [],
                "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
     if out_path is not None:
-        _atomic_write(out_path / "results.json", json.dumps(results, indent=1).encode())
-        _atomic_write(out_path / "report.md", truthfulqa_markdown(results).encode())
+        write_results(out_path, results, truthfulqa_markdown(results))
     return results
 
 

@@ -16,7 +16,6 @@ interval below zero.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 from activation_oracles.errors import ConfigError, DataError
 
-from .report import _atomic_write, prepare_out_dir
+from .report import prepare_out_dir, write_results
 from .truthfulqa import _percentile, load_truthfulqa, mc_scores, summarise
 
 
@@ -54,7 +53,7 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
         data_dir: the shared data folder (``truthfulqa/TruthfulQA.csv``; default ``$AO_DATA_DIR``).
         limit: questions, a seeded sample (``None``: all 817).
     """
-    from .organism import Organism, check_same_base, load_base, load_organism, read_card
+    from .organism import attach_organism, load_base
 
     if limit is not None and limit < 2:
         raise ConfigError(f"limit={limit}; TruthfulQA MC needs at least 2 questions (or None for all).")
@@ -65,16 +64,8 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
     out_path = prepare_out_dir(out, task="truthfulqa-mc", overwrite=overwrite) if out is not None else None
     t0 = time.perf_counter()
     model = load_base(base)
-    desc = {"base_model": base if isinstance(base, str) else model.name, "n_layers": model.n_layers,
-            "d_model": model.d_model}
-    loaded: list[Organism] = []
-    for spec in organisms:
-        if isinstance(spec, Organism):
-            loaded.append(spec)
-            continue
-        card = read_card(spec)
-        check_same_base(card, desc, f"organism {card['name']!r} and the base model")
-        loaded.append(load_organism(spec, base=model))
+    base_name = base if isinstance(base, str) else model.name
+    loaded = [attach_organism(spec, model, base_name=base_name, what="the base model") for spec in organisms]
     questions = load_truthfulqa(Path(data_dir) / "truthfulqa" / "TruthfulQA.csv")
     if limit is not None and limit < len(questions):
         questions = random.Random(seed).sample(questions, limit)
@@ -90,14 +81,13 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
                                                         n_boot=n_boot, seed=seed)
         rows.append(row)
     results = {"task": "truthfulqa-mc",
-               "config": {"base": desc["base_model"], "questions": len(questions), "limit": limit, "seed": seed,
+               "config": {"base": base_name, "questions": len(questions), "limit": limit, "seed": seed,
                           "organisms": [o.name for o in loaded], "n_boot": n_boot},
                "rows": rows, "per_question": {k: [{"mc1": s["mc1"], "mc2": s["mc2"]} for s in v]
                                               for k, v in per_model.items()},
                "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
     if out_path is not None:
-        _atomic_write(out_path / "results.json", json.dumps(results, indent=1).encode())
-        _atomic_write(out_path / "report.md", truthfulqa_mc_markdown(results).encode())
+        write_results(out_path, results, truthfulqa_mc_markdown(results))
     return results
 
 
