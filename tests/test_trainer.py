@@ -77,6 +77,23 @@ def test_layer_percent_outside_0_100_raises():
         prepare(ex, None, None, 4)  # type: ignore[arg-type]
 
 
+def test_injection_coeff_is_checked_and_reaches_the_exported_oracle(tmp_path):
+    from activation_oracles.config import OracleConfig
+    from activation_oracles.training.trainer import Trainer
+
+    for bad in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match=r"model.injection_coeff=.*expected a positive finite number"):
+            apply_overrides(TrainConfig(), [f"model.injection_coeff={bad}"])
+    cfg = apply_overrides(quiet(preset("tiny")), ["model.injection_coeff=4", "optim.steps=2", "eval.n_examples=0"])
+    threads = torch.get_num_threads()
+    try:
+        out = Trainer(cfg, out_dir=tmp_path / "run").train().out_dir
+    finally:
+        torch.set_num_threads(threads)
+    # the oracle must be asked with the strength it was trained with
+    assert OracleConfig.load(out / "oracle_config.json").coeff == 4.0
+
+
 def test_cli_reports_bad_config_with_exit_status_2(capsys):
     from activation_oracles.training.cli import main
 

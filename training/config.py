@@ -61,6 +61,8 @@ class ModelSection:
     dtype: str = _f("fp32", "Weight dtype of the base model: fp32, bf16 or fp16 (LoRA weights stay fp32).")
     device: str = _f("auto", "'auto' (cuda:LOCAL_RANK when available, else cpu), 'cpu', 'cuda', 'cuda:1'...")
     injection_layer: int = _f(1, "Oracle block whose output receives the activations (the reference uses 1).")
+    injection_coeff: float = _f(1.0, "Injection coefficient c in h + c*||h||*v/||v|| during training and in the "
+                                     "exported oracle (the reference uses 1).")
     tiny_layers: int = _f(4, "Depth of the tiny random model (name = 'tiny' only).")
     tiny_d_model: int = _f(64, "Width of the tiny random model (name = 'tiny' only).")
     tiny_seed: int = _f(0, "Initialisation seed of the tiny random model (name = 'tiny' only).")
@@ -239,6 +241,9 @@ def validate(cfg: TrainConfig) -> None:
     m, lo, o, d = cfg.model, cfg.lora, cfg.optim, cfg.data
     need(bool(m.name.strip()), "model.name", m.name, "a model ('smollm2-135m', 'tiny', a directory or a hub id)")
     need(m.injection_layer >= 0, "model.injection_layer", m.injection_layer, "a block index >= 0")
+    # coeff 0 would train an oracle that never sees an activation: that is the control, not a recipe.
+    need(m.injection_coeff > 0 and math.isfinite(m.injection_coeff), "model.injection_coeff", m.injection_coeff,
+         "a positive finite number (1 = norm-matched, the reference)")
     need(m.tiny_layers >= 2 and m.tiny_d_model >= 8, "model.tiny_layers/tiny_d_model",
          (m.tiny_layers, m.tiny_d_model), "tiny_layers >= 2 and tiny_d_model >= 8")
     need(m.dtype.lower() in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "model.dtype", m.dtype,

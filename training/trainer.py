@@ -123,7 +123,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self.oracle_config = OracleConfig(base_model=self.base.name, n_layers=self.base.n_layers,
                                           d_model=self.base.d_model,
                                           source_layer_percents=self.cfg.data.layer_percents,
-                                          injection_layer=self.cfg.model.injection_layer)
+                                          injection_layer=self.cfg.model.injection_layer,
+                                          coeff=self.cfg.model.injection_coeff)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         warmup = int(o.warmup_fraction * self.total_steps)
