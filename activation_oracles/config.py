@@ -39,6 +39,10 @@ class OracleConfig:
     placeholder: str = _f(" ?", "Placeholder text; must tokenize to exactly one token.")
     prompt_template: str = _f("Layer: {layer}\n{placeholders} \n{question}",
                               "User-turn template; {layer}, {placeholders} and {question} are filled in.")
+    activation_means: dict[int, tuple[float, ...]] | None = _f(
+        None, "Mean residual of each source layer (key: layer index), subtracted from every captured "
+              "vector before injection (None: vectors go in as captured). Set by training with "
+              "model.center_activations; difference vectors are never centred.")
     max_positions: int = _f(512, "Most activation vectors accepted in one prompt.")
     adapter_name: str = _f("oracle", "Name of the oracle's LoRA adapter inside a shared PEFT model.")
     training: dict[str, Any] = _f(None, "Summary of the training run and data mixture (None: untrained).",)
@@ -54,6 +58,35 @@ class OracleConfig:
         if self.max_positions < 1:
             raise ConfigError(f"max_positions={self.max_positions}; expected >= 1.")
         object.__setattr__(self, "source_layer_percents", tuple(float(p) for p in self.source_layer_percents))
+        if self.activation_means is not None:
+            # JSON turns the layer keys into strings: normalise both forms to {int: tuple of floats}
+            means = {int(k): tuple(float(x) for x in v) for k, v in dict(self.activation_means).items()}
+            bad = {k: len(v) for k, v in means.items() if self.d_model and len(v) != self.d_model}
+            if bad:
+                raise ConfigError(f"activation_means has vectors of length {bad} (layer: length); expected "
+                                  f"d_model={self.d_model} for every layer.")
+            object.__setattr__(self, "activation_means", means)
+
+    def centre(self, vectors_KD: Any, layer: int) -> Any:
+        """``vectors_KD`` minus the stored mean of ``layer`` (unchanged when the oracle stores no means).
+
+        Why: a residual vector is mostly a component shared by every token (on SmolLM2, two
+        channels hold ~70% of its energy); norm matching then scales the informative rest down
+        to a few percent of the injected norm. Subtracting the mean injects what varies.
+        """
+        if self.activation_means is None:
+            return vectors_KD
+        if layer not in self.activation_means:
+            from .errors import ActivationsMismatchError
+
+            raise ActivationsMismatchError(
+                f"this oracle centres activations with the means of layers {sorted(self.activation_means)} but "
+                f"was given layer {layer}; capture at one of those layers, or use "
+                "oracle.with_config(activation_means=None) to inject uncentred vectors.")
+        import torch
+
+        mean = torch.tensor(self.activation_means[layer], dtype=torch.float32, device=vectors_KD.device)
+        return vectors_KD.float() - mean
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

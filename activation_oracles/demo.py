@@ -30,13 +30,14 @@ def run_demo(model_spec: str = "smollm2-135m", oracle_spec: str = "smollm2-135m"
 
     t0 = time.perf_counter()
     target = ao.load_model(model_spec)
-    untrained = ao.ActivationOracle.untrained(target)
     try:
         oracle = ao.load_oracle(oracle_spec, base=target)
+        untrained = oracle.as_untrained()
         label = f"oracle {oracle_spec!r}"
     except OracleNotAvailableError:
         out(f"note: the shipped oracle {oracle_spec!r} is not in this installation yet; showing the untrained "
             "oracle (base model + injection, no adapter): the baseline a trained oracle must beat.\n")
+        untrained = ao.ActivationOracle.untrained(target)
         oracle, label = untrained, "untrained oracle"
     layer = target.layer_at(50)
     out(f"target {target.name}: {target.n_layers} blocks, reading block {layer} (50% depth); {label}\n")

@@ -65,6 +65,10 @@ class ActivationOracle:
         config = OracleConfig(base_model=m.name, n_layers=m.n_layers, d_model=m.d_model, **overrides)
         return cls(m, config, adapter=None)
 
+    def as_untrained(self) -> ActivationOracle:
+        """The untrained control of this oracle: its injection (layer, mode, coeff, centring), no adapter."""
+        return ActivationOracle(self.model, replace(self.config, training=None, lora=None), adapter=None)
+
     def with_config(self, **changes: Any) -> ActivationOracle:
         """A view of this oracle with other settings, e.g. ``coeff=0`` for the no-information control."""
         return ActivationOracle(self.model, replace(self.config, **changes), self.adapter)
@@ -88,6 +92,8 @@ class ActivationOracle:
 
     def _item(self, acts: Activations, question: str, layer: int | None) -> _Item:
         src, vectors_KD = self._vectors(acts, layer)
+        if acts.kind == "residual":  # a difference of two models' residuals has no mean to remove
+            vectors_KD = self.config.centre(vectors_KD, src)
         prompt = build_prompt(self.model.tokenizer, self.config, src, vectors_KD.shape[0], question)
         return _Item(prompt, vectors_KD)
 

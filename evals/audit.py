@@ -336,7 +336,7 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
     if "oracle:coeff0" in methods:
         timed("oracle:coeff0", lambda: _oracle_rows(t, orc.with_config(coeff=0.0), "oracle:coeff0", test, acts, **kw))
     if "untrained_oracle" in methods:
-        untrained = ActivationOracle.untrained(orc.model)
+        untrained = orc.as_untrained()
         timed("untrained_oracle", lambda: _oracle_rows(t, untrained, "untrained_oracle", test, acts, **kw))
     if "blackbox" in methods:
         timed("blackbox", lambda: _blackbox_rows(t, tg, test, max_new_tokens=max(24, max_new_tokens),

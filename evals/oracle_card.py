@@ -18,7 +18,7 @@ project's own dataset builders, read at 50% depth (the evaluation default):
 Each figure is measured for four *methods* on the very same examples:
 
 * ``trained``: the oracle under evaluation;
-* ``untrained``: ``ActivationOracle.untrained(target)`` (no adapter, same injection);
+* ``untrained``: ``oracle.as_untrained()`` (no adapter, same injection and centring);
 * ``shuffled``: the trained oracle given another example's activations (a seeded derangement
   within the evaluation, so every example reads a different context);
 * ``coeff0``: the trained oracle with ``coeff=0`` (placeholders present, no activation added).
@@ -282,14 +282,13 @@ def evaluate_oracle(oracle: Any, target: Any, *, data_dir: str | os.PathLike[str
         ``{"meta": {...}, "rows": [{eval, method, correct, n, accuracy, ci_low, ci_high, chance}, ...]}``.
     """
     from activation_oracles.models import as_model
-    from activation_oracles.oracle import ActivationOracle
 
     say = log or (lambda _msg: None)
     target_m = as_model(target)
     t0 = time.perf_counter()
     sets = build_eval_sets(target_m.tokenizer, data_dir, n_per_eval=n_per_eval, seed=seed, evals=evals,
                            context_column=context_column)
-    methods = {"trained": oracle, "untrained": ActivationOracle.untrained(target_m),
+    methods = {"trained": oracle, "untrained": oracle.as_untrained(),
                "shuffled": oracle, "coeff0": oracle.with_config(coeff=0.0)}
     rows: list[dict[str, Any]] = []
     detail: dict[str, Any] = {}

@@ -93,7 +93,7 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
         acts = capture(model, chats, layers=[layer], add_generation_prompt=False)
         texts, labels = _gmt_statements(root, probe_per_file, seed)
         gmt = capture(model, texts, layers=[layer], chat=False)
-    untrained = ActivationOracle.untrained(model)
+    untrained = orc.as_untrained()
     perm = list(range(len(acts)))
     Random(seed + 1).shuffle(perm)
     aggs, rows = [], []

@@ -17,6 +17,7 @@ MODULES = [
     "activation_oracles.training.classification", "activation_oracles.training.system_prompt_qa",
     "activation_oracles.training.mixture", "activation_oracles.training.on_policy",
     "activation_oracles.training.config", "activation_oracles.training.presets", "activation_oracles.training.export",
+    "activation_oracles.training.centring",
     "activation_oracles.evals.truthfulqa",
     "activation_oracles.evals.stats", "activation_oracles.evals.report",
     "activation_oracles.evals.taboo", "activation_oracles.evals.gender", "activation_oracles.evals.chat",

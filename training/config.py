@@ -63,6 +63,8 @@ class ModelSection:
     injection_layer: int = _f(1, "Oracle block whose output receives the activations (the reference uses 1).")
     injection_coeff: float = _f(1.0, "Injection coefficient c in h + c*||h||*v/||v|| during training and in the "
                                      "exported oracle (the reference uses 1).")
+    center_activations: bool = _f(False, "Subtract each source layer's mean activation (measured on 256 "
+                                         "examples of the mixture, stored with the oracle) before injection.")
     tiny_layers: int = _f(4, "Depth of the tiny random model (name = 'tiny' only).")
     tiny_d_model: int = _f(64, "Width of the tiny random model (name = 'tiny' only).")
     tiny_seed: int = _f(0, "Initialisation seed of the tiny random model (name = 'tiny' only).")

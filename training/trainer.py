@@ -135,6 +135,9 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             model=self.target)
         self._warm_on_policy(factory)
         self._factory = factory
+        self._means: dict[int, torch.Tensor] = {}
+        if self.cfg.model.center_activations:
+            self._measure_means(factory)
         self.stream = BatchStream(factory, batch_size=o.batch_size, group_batches=self.cfg.data.group_batches,
                                   seed=o.seed, max_length=self.cfg.data.max_length,
                                   max_positions=self.cfg.data.max_positions)
@@ -168,6 +171,21 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                 with self.peft.disable_adapter() if self.target is self.oracle else nullcontext():
                     for _ in source.rollouts():
                         pass
+
+    def _measure_means(self, factory: Any) -> None:
+        """Each source layer's mean activation (adapter off, as the target pass), stored in the oracle config."""
+        from .centring import activation_means
+
+        self._info("measuring each source layer's mean activation (256 examples of the mixture)...")
+        with ExitStack() as stack:
+            if self.target is self.oracle:
+                stack.enter_context(self.peft.disable_adapter())
+            stack.enter_context(self._autocast())
+            # epoch 2e6: a stream of its own (training uses epochs 0, 1, ...; evaluation 1e6 + epoch)
+            means = activation_means(self.target, factory(2 * 10 ** 6), n=256)
+        self._means = {layer: v.to(self.device) for layer, v in means.items()}
+        self.oracle_config = replace(self.oracle_config,
+                                     activation_means={layer: v.tolist() for layer, v in means.items()})
 
     def _barrier(self) -> None:
         barrier(self.dist)
@@ -212,7 +230,16 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             self.peft.train()
         gathered = {layer: cache[layer][self._to_device(rows), self._to_device(cols)]
                     for layer, (rows, cols) in mb.gather.items()}
-        return [gathered[layer][start:stop] for layer, start, stop in mb.slices]
+        return [self._centre(gathered[layer][start:stop], layer) for layer, start, stop in mb.slices]
+
+    def _centre(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
+        mean = self._means.get(layer)
+        if mean is None:
+            if self._means:
+                raise DataError(f"an example reads layer {layer}, which has no measured mean (layers "
+                                f"{sorted(self._means)}); the means come from data.layer_percents.")
+            return vectors
+        return vectors.float() - mean
 
     def oracle_loss_sum(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of the oracle with ``vectors`` injected (graph kept)."""

@@ -1,0 +1,97 @@
+"""Centred injection: the stored layer means, the oracle subtracting them, the trainer measuring them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from itertools import islice
+
+import pytest
+import torch
+
+import activation_oracles as ao
+from activation_oracles.config import OracleConfig
+from activation_oracles.errors import ActivationsMismatchError, ConfigError
+from activation_oracles.training.centring import activation_means
+from activation_oracles.training.config import apply_overrides
+from activation_oracles.training.example import TrainingExample
+from activation_oracles.training.presets import preset
+
+PROMPTS = ["The owl hunts at night.", "A red car stopped at the corner."]
+
+
+def test_config_round_trips_means_and_checks_their_width():
+    cfg = OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means={2: [1.0, 2.0, 3.0]})
+    again = OracleConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.activation_means == {2: (1.0, 2.0, 3.0)}
+    with pytest.raises(ConfigError, match=r"activation_means has vectors of length \{2: 2\}.*d_model=3"):
+        OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means={2: [1.0, 2.0]})
+
+
+def test_oracle_injects_residuals_minus_the_mean(tiny):
+    acts = ao.capture(tiny, PROMPTS, layers=2)
+    mean = torch.randn(tiny.d_model)
+    plain = ao.ActivationOracle.untrained(tiny)
+    centred = plain.with_config(activation_means={2: mean.tolist()})
+    for a in acts:
+        by_hand = replace(a, vectors={2: a.vectors[2] - mean})  # independent: centre the vectors ourselves
+        got = centred.choice_logprobs(a, "Is it an animal?", ["Yes", "No"])
+        want = plain.choice_logprobs(by_hand, "Is it an animal?", ["Yes", "No"])
+        assert got == pytest.approx(want, abs=1e-5)
+        assert got != pytest.approx(plain.choice_logprobs(a, "Is it an animal?", ["Yes", "No"]), abs=1e-5)
+    # a difference of two models' residuals is left alone
+    diff = acts[0] - replace(acts[0], vectors={2: acts[0].vectors[2] * 0.5})
+    assert diff.kind == "difference"
+    assert centred.choice_logprobs(diff, "Q?", ["Yes", "No"]) == pytest.approx(
+        plain.choice_logprobs(diff, "Q?", ["Yes", "No"]), abs=1e-6)
+    # the untrained control keeps the centring
+    assert centred.as_untrained().config.activation_means == centred.config.activation_means
+
+
+def test_a_layer_without_a_mean_is_refused(tiny):
+    acts = ao.capture(tiny, PROMPTS[0], layers=1)
+    oracle = ao.ActivationOracle.untrained(tiny, activation_means={2: [0.0] * tiny.d_model})
+    with pytest.raises(ActivationsMismatchError, match=r"means of layers \[2\] but was given layer 1"):
+        oracle.ask(acts, "What is it?", max_new_tokens=2)
+
+
+def test_activation_means_equal_hidden_state_means(tiny):
+    tok = tiny.tokenizer
+    examples = [TrainingExample(tuple(tok(p)["input_ids"]), (1, 2, 3), pct, "q?", "a", "s")
+                for p in PROMPTS for pct in (25.0, 50.0)]
+    means = activation_means(tiny, examples)
+    assert sorted(means) == [1, 2]
+    for layer, pct in ((1, 25.0), (2, 50.0)):
+        rows = []
+        for ex in examples:
+            if ex.layer_percent == pct:
+                out = tiny.hf(input_ids=torch.tensor([ex.context_ids]), output_hidden_states=True)
+                rows.append(out.hidden_states[layer + 1][0, list(ex.positions)])
+        assert torch.allclose(means[layer], torch.cat(rows).mean(0), atol=1e-5)
+
+
+def test_trainer_measures_means_and_the_oracle_keeps_them(tmp_path, embedded_tokenizer):
+    from activation_oracles.training.batching import make_example_stream
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(preset("tiny"), ["model.center_activations=true", "optim.steps=2", "eval.n_examples=0",
+                                           "optim.bf16=false", "output.progress=false"])
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(cfg, out_dir=tmp_path / "run")
+        out = trainer.train().out_dir
+    finally:
+        torch.set_num_threads(threads)
+    saved = OracleConfig.load(out / "oracle_config.json").activation_means
+    layers = sorted({int(trainer.base.n_layers * p / 100) for p in cfg.data.layer_percents})
+    assert saved is not None and sorted(saved) == layers
+    # recomputed from the same stream on the same (adapter-free) base weights
+    fresh = Trainer(apply_overrides(cfg, ["optim.steps=1"]), out_dir=tmp_path / "again")
+    stream = make_example_stream(cfg.data.sources, fresh.tokenizer, cfg.data.layer_percents, cfg.optim.seed)
+    again = activation_means(fresh.target, islice(stream(2 * 10 ** 6), 256))
+    for layer in layers:
+        assert torch.allclose(torch.tensor(saved[layer]), again[layer], atol=1e-4)
+    from activation_oracles.tiny import tiny_model
+
+    oracle = ao.load_oracle(out, base=tiny_model(tokenizer=embedded_tokenizer))
+    assert oracle.config.activation_means == saved

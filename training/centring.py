@@ -1,0 +1,56 @@
+"""Mean residual of each source layer over a run's own training examples (for centred injection).
+
+A residual vector of a small LM is mostly a component every token shares (SmolLM2-135M:
+channels 507 and 247 hold ~70% of the energy at 50% depth). Norm-matched injection keeps only
+the direction, so what distinguishes one input from another arrives as a few percent of the
+injected norm. With ``model.center_activations = true`` the trainer measures each source
+layer's mean over the examples' own activation positions once, before training; the oracle
+stores it (``OracleConfig.activation_means``) and subtracts it from every vector it injects,
+in training and at inference alike.
+
+>>> import torch
+>>> from activation_oracles.tiny import tiny_model
+>>> from activation_oracles.training.example import TrainingExample
+>>> from activation_oracles.training.centring import activation_means
+>>> m = tiny_model()
+>>> ex = TrainingExample((5, 6, 7, 8), (1, 2), 50.0, "q?", "a", "s")
+>>> means = activation_means(m, [ex], n=1)
+>>> sorted(means), tuple(means[m.n_layers // 2].shape) == (m.d_model,)
+([2], True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import islice
+from typing import Any
+
+import torch
+
+from ..errors import DataError
+from ..hooks import capture_residuals
+from ..models import as_model
+from .example import TrainingExample
+
+
+def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
+    """Mean vector of each source layer over the activation positions of the first ``n`` examples.
+
+    Layers are ``int(n_layers * layer_percent / 100)``, as the trainer computes them. The
+    caller decides the adapter state and autocast; this reads ``model`` under ``no_grad``.
+    """
+    m = as_model(model)
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    with torch.no_grad():
+        for ex in islice(examples, n):
+            layer = int(m.n_layers * ex.layer_percent / 100)
+            ids = torch.tensor([list(ex.context_ids)], device=m.device)
+            with capture_residuals(m, [layer], positions=[list(ex.positions)]) as cache:
+                m.hf(input_ids=ids, use_cache=False)
+            v = cache[layer][0].float()
+            sums[layer] = sums.get(layer, torch.zeros(m.d_model, device=v.device)) + v.sum(0)
+            counts[layer] = counts.get(layer, 0) + v.shape[0]
+    if not sums:
+        raise DataError("no training examples to measure activation means on; the mixture yielded nothing.")
+    return {layer: (sums[layer] / counts[layer]).cpu() for layer in sorted(sums)}
