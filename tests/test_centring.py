@@ -95,3 +95,15 @@ def test_trainer_measures_means_and_the_oracle_keeps_them(tmp_path, embedded_tok
 
     oracle = ao.load_oracle(out, base=tiny_model(tokenizer=embedded_tokenizer))
     assert oracle.config.activation_means == saved
+
+
+def test_robust_mean_leaves_out_attention_sink_rows():
+    from activation_oracles.training.centring import robust_mean
+
+    torch.manual_seed(0)
+    ordinary = torch.randn(50, 8) + 3.0
+    sink = torch.zeros(1, 8)
+    sink[0, 5] = 1e4  # one position with a norm ~1000x the others
+    got = robust_mean(torch.cat([ordinary[:20], sink, ordinary[20:]]))
+    assert torch.allclose(got, ordinary.mean(0), atol=1e-6)
+    assert torch.allclose(robust_mean(ordinary), ordinary.mean(0), atol=1e-6)  # nothing dropped without outliers

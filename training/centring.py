@@ -28,6 +28,8 @@ from typing import Any
 import torch
 
 from ..errors import DataError
+
+OUTLIER_RATIO = 5.0
 from ..hooks import capture_residuals
 from ..models import as_model
 from .example import TrainingExample
@@ -36,21 +38,32 @@ from .example import TrainingExample
 def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
     """Mean vector of each source layer over the activation positions of the first ``n`` examples.
 
+    Positions whose norm exceeds 5x the layer's median norm (attention sinks) are left out.
+
     Layers are ``int(n_layers * layer_percent / 100)``, as the trainer computes them. The
     caller decides the adapter state and autocast; this reads ``model`` under ``no_grad``.
     """
     m = as_model(model)
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
+    rows: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
         for ex in islice(examples, n):
             layer = int(m.n_layers * ex.layer_percent / 100)
             ids = torch.tensor([list(ex.context_ids)], device=m.device)
             with capture_residuals(m, [layer], positions=[list(ex.positions)]) as cache:
                 m.hf(input_ids=ids, use_cache=False)
-            v = cache[layer][0].float()
-            sums[layer] = sums.get(layer, torch.zeros(m.d_model, device=v.device)) + v.sum(0)
-            counts[layer] = counts.get(layer, 0) + v.shape[0]
-    if not sums:
+            rows.setdefault(layer, []).append(cache[layer][0].float().cpu())
+    if not rows:
         raise DataError("no training examples to measure activation means on; the mixture yielded nothing.")
-    return {layer: (sums[layer] / counts[layer]).cpu() for layer in sorted(sums)}
+    return {layer: robust_mean(torch.cat(rows[layer])) for layer in sorted(rows)}
+
+
+def robust_mean(x_ND: torch.Tensor, *, max_ratio: float = OUTLIER_RATIO) -> torch.Tensor:
+    """Mean of the rows of ``x_ND`` whose norm is at most ``max_ratio`` times the median norm.
+
+    Why: attention-sink positions (the first token, some special tokens) have norms ~100x
+    the others on SmolLM2 (~25,000 vs 150-200 at 50% depth); a handful of them among thousands
+    of ordinary positions would make the plain mean a copy of the sink vector.
+    """
+    norms = x_ND.norm(dim=-1)
+    keep = norms <= max_ratio * norms.median()
+    return x_ND[keep].mean(0)

@@ -183,6 +183,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             stack.enter_context(self._autocast())
             # epoch 2e6: a stream of its own (training uses epochs 0, 1, ...; evaluation 1e6 + epoch)
             means = activation_means(self.target, factory(2 * 10 ** 6), n=256)
+        self._info("mean norms: " + ", ".join(f"layer {layer} {v.norm():.1f}" for layer, v in means.items()))
         self._means = {layer: v.to(self.device) for layer, v in means.items()}
         self.oracle_config = replace(self.oracle_config,
                                      activation_means={layer: v.tolist() for layer, v in means.items()})
