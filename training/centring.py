@@ -28,19 +28,18 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-
-OUTLIER_RATIO = 5.0
 from ..hooks import capture_residuals
 from ..models import as_model
 from .example import TrainingExample
+
+OUTLIER_RATIO = 5.0  # positions above this multiple of the median norm are attention sinks
 
 
 def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
     """Mean vector of each source layer over the activation positions of the first ``n`` examples.
 
-    Positions whose norm exceeds 5x the layer's median norm (attention sinks) are left out.
-
-    Layers are ``int(n_layers * layer_percent / 100)``, as the trainer computes them. The
+    Positions whose norm exceeds ``OUTLIER_RATIO`` (5) times the layer's median norm (attention
+    sinks) are left out. Layers are ``int(n_layers * layer_percent / 100)``, as the trainer computes them. The
     caller decides the adapter state and autocast; this reads ``model`` under ``no_grad``.
     """
     m = as_model(model)
