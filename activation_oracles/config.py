@@ -14,6 +14,7 @@ True
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class OracleConfig:
         None, "Mean residual of each source layer (key: layer index), subtracted from every captured "
               "vector before injection (None: vectors go in as captured). Set by training with "
               "model.center_activations; difference vectors are never centred.")
+    activation_scales: dict[int, tuple[float, ...]] | None = _f(
+        None, "Per-channel scale (standard deviation) of each source layer; centred vectors are divided by "
+              "it before injection (None: centred only). Needs activation_means for the same layers. Set by "
+              "training with model.standardize_activations.")
     max_positions: int = _f(512, "Most activation vectors accepted in one prompt.")
     adapter_name: str = _f("oracle", "Name of the oracle's LoRA adapter inside a shared PEFT model.")
     training: dict[str, Any] = _f(None, "Summary of the training run and data mixture (None: untrained).",)
@@ -58,21 +63,37 @@ class OracleConfig:
         if self.max_positions < 1:
             raise ConfigError(f"max_positions={self.max_positions}; expected >= 1.")
         object.__setattr__(self, "source_layer_percents", tuple(float(p) for p in self.source_layer_percents))
-        if self.activation_means is not None:
-            # JSON turns the layer keys into strings: normalise both forms to {int: tuple of floats}
-            means = {int(k): tuple(float(x) for x in v) for k, v in dict(self.activation_means).items()}
-            bad = {k: len(v) for k, v in means.items() if self.d_model and len(v) != self.d_model}
-            if bad:
-                raise ConfigError(f"activation_means has vectors of length {bad} (layer: length); expected "
-                                  f"d_model={self.d_model} for every layer.")
-            object.__setattr__(self, "activation_means", means)
+        object.__setattr__(self, "activation_means", self._per_layer("activation_means", self.activation_means))
+        object.__setattr__(self, "activation_scales", self._per_layer("activation_scales", self.activation_scales))
+        if self.activation_scales is not None:
+            means = self.activation_means or {}
+            if set(self.activation_scales) != set(means):
+                raise ConfigError(f"activation_scales has layers {sorted(self.activation_scales)} but activation_means "
+                                  f"has {sorted(means)}; standardising needs a mean and a scale for every layer.")
+            bad_scale = {k: min(v) for k, v in self.activation_scales.items() if not all(0 < x < math.inf for x in v)}
+            if bad_scale:
+                raise ConfigError(f"activation_scales has non-positive or non-finite entries (layer: smallest) "
+                                  f"{bad_scale}; expected every scale > 0 and finite.")
+
+    def _per_layer(self, name: str, table: Any) -> dict[int, tuple[float, ...]] | None:
+        if table is None:
+            return None
+        # JSON turns the layer keys into strings: normalise both forms to {int: tuple of floats}
+        out = {int(k): tuple(float(x) for x in v) for k, v in dict(table).items()}
+        bad = {k: len(v) for k, v in out.items() if self.d_model and len(v) != self.d_model}
+        if bad:
+            raise ConfigError(f"{name} has vectors of length {bad} (layer: length); expected "
+                              f"d_model={self.d_model} for every layer.")
+        return out
 
     def centre(self, vectors_KD: Any, layer: int) -> Any:
-        """``vectors_KD`` minus the stored mean of ``layer`` (unchanged when the oracle stores no means).
+        """``vectors_KD`` minus the stored mean of ``layer``, divided by its scale where one is stored.
 
-        Why: a residual vector is mostly a component shared by every token (on SmolLM2, two
-        channels hold ~70% of its energy); norm matching then scales the informative rest down
-        to a few percent of the injected norm. Subtracting the mean injects what varies.
+        Unchanged when the oracle stores no means. Why: a residual vector is mostly a component
+        shared by every token (on SmolLM2, two channels hold ~70% of its energy); norm matching
+        then scales the informative rest down to a few percent of the injected norm. Subtracting
+        the mean injects what varies; dividing by each channel's spread keeps the few
+        high-variance channels from drowning the others.
         """
         if self.activation_means is None:
             return vectors_KD
@@ -82,11 +103,14 @@ class OracleConfig:
             raise ActivationsMismatchError(
                 f"this oracle centres activations with the means of layers {sorted(self.activation_means)} but "
                 f"was given layer {layer}; capture at one of those layers, or use "
-                "oracle.with_config(activation_means=None) to inject uncentred vectors.")
+                "oracle.with_config(activation_means=None, activation_scales=None) to inject them as captured.")
         import torch
 
         mean = torch.tensor(self.activation_means[layer], dtype=torch.float32, device=vectors_KD.device)
-        return vectors_KD.float() - mean
+        out = vectors_KD.float() - mean
+        if self.activation_scales is not None:
+            out = out / torch.tensor(self.activation_scales[layer], dtype=torch.float32, device=vectors_KD.device)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

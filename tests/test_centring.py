@@ -1,4 +1,4 @@
-"""Centred injection: the stored layer means, the oracle subtracting them, the trainer measuring them."""
+"""Centred (and standardised) injection: the stored layer statistics, the oracle applying them, the trainer measuring them."""
 
 from __future__ import annotations
 
@@ -26,6 +26,44 @@ def test_config_round_trips_means_and_checks_their_width():
     assert again == cfg and again.activation_means == {2: (1.0, 2.0, 3.0)}
     with pytest.raises(ConfigError, match=r"activation_means has vectors of length \{2: 2\}.*d_model=3"):
         OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means={2: [1.0, 2.0]})
+
+
+def test_config_checks_scales_against_the_means():
+    means = {2: [1.0, 2.0, 3.0]}
+    cfg = OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means=means, activation_scales={"2": [1, 2, 4]})
+    again = OracleConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.activation_scales == {2: (1.0, 2.0, 4.0)}
+    with pytest.raises(ConfigError, match=r"activation_scales has layers \[2\] but activation_means has \[\]"):
+        OracleConfig(base_model="m", n_layers=4, d_model=3, activation_scales={2: [1.0, 1.0, 1.0]})
+    with pytest.raises(ConfigError, match=r"activation_scales has layers \[1\] but activation_means has \[2\]"):
+        OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means=means, activation_scales={1: [1.0] * 3})
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"non-positive or non-finite"):
+            OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means=means,
+                         activation_scales={2: [1.0, bad, 1.0]})
+    with pytest.raises(ConfigError, match=r"activation_scales has vectors of length \{2: 2\}"):
+        OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means=means, activation_scales={2: [1.0, 1.0]})
+
+
+def test_training_config_refuses_standardising_without_centring():
+    with pytest.raises(ConfigError, match=r"model.standardize_activations=True; expected false unless "
+                                          r"model.center_activations = true"):
+        apply_overrides(preset("tiny"), ["model.standardize_activations=true"])
+    both = apply_overrides(preset("tiny"), ["model.center_activations=true", "model.standardize_activations=true"])
+    assert both.model.standardize_activations
+
+
+def test_oracle_injects_standardised_residuals(tiny):
+    acts = ao.capture(tiny, PROMPTS, layers=2)
+    torch.manual_seed(1)
+    mean, scale = torch.randn(tiny.d_model), torch.rand(tiny.d_model) + 0.5
+    plain = ao.ActivationOracle.untrained(tiny)
+    standardised = plain.with_config(activation_means={2: mean.tolist()}, activation_scales={2: scale.tolist()})
+    for a in acts:
+        by_hand = replace(a, vectors={2: (a.vectors[2] - mean) / scale})
+        want = plain.choice_logprobs(by_hand, "Is it an animal?", ["Yes", "No"])
+        assert standardised.choice_logprobs(a, "Is it an animal?", ["Yes", "No"]) == pytest.approx(want, abs=1e-5)
+    assert standardised.as_untrained().config.activation_scales == standardised.config.activation_scales
 
 
 def test_oracle_injects_residuals_minus_the_mean(tiny):
@@ -95,6 +133,47 @@ def test_trainer_measures_means_and_the_oracle_keeps_them(tmp_path, embedded_tok
 
     oracle = ao.load_oracle(out, base=tiny_model(tokenizer=embedded_tokenizer))
     assert oracle.config.activation_means == saved
+
+
+def test_trainer_stores_scales_equal_to_the_spread_of_the_same_activations(tmp_path):
+    from activation_oracles.training.batching import make_example_stream
+    from activation_oracles.training.centring import robust_scale, source_activations
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(preset("tiny"), ["model.center_activations=true", "model.standardize_activations=true",
+                                           "optim.steps=1", "eval.n_examples=0", "optim.bf16=false",
+                                           "output.progress=false"])
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(cfg, out_dir=tmp_path / "run")
+        saved = OracleConfig.load(trainer.train().out_dir / "oracle_config.json")
+    finally:
+        torch.set_num_threads(threads)
+    assert saved.activation_scales is not None and sorted(saved.activation_scales) == sorted(saved.activation_means)
+    stream = make_example_stream(cfg.data.sources, trainer.tokenizer, cfg.data.layer_percents, cfg.optim.seed)
+    fresh = Trainer(cfg, out_dir=tmp_path / "again")
+    for layer, x in source_activations(fresh.target, islice(stream(2 * 10 ** 6), 256)).items():
+        # independent of robust_scale's floor: where no channel was floored, the scale is the plain std
+        sd = x[x.norm(dim=-1) <= 5 * x.norm(dim=-1).median()].std(0)
+        stored = torch.tensor(saved.activation_scales[layer])
+        unfloored = sd >= 0.1 * sd.median()
+        assert torch.allclose(stored[unfloored], sd[unfloored], rtol=1e-4)
+        assert torch.allclose(stored, robust_scale(x), rtol=1e-4)
+        assert (stored >= 0.1 * sd.median() * (1 - 1e-5)).all()
+
+
+def test_robust_scale_floors_quiet_channels_and_ignores_sinks():
+    from activation_oracles.training.centring import robust_scale
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 6) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 0.0])  # channel 5 never varies
+    sink = torch.zeros(1, 6)
+    sink[0, 0] = 1e4
+    got = robust_scale(torch.cat([x, sink]))
+    sd = x.std(0)
+    assert torch.allclose(got[:5], sd[:5], atol=1e-5)
+    assert got[5] == pytest.approx(0.1 * sd.median().item(), rel=1e-5)  # floored, not 0
+    assert torch.equal(robust_scale(x[:1]), torch.ones(6))  # one row: no spread, scale 1
 
 
 def test_robust_mean_leaves_out_attention_sink_rows():

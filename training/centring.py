@@ -6,7 +6,10 @@ the direction, so what distinguishes one input from another arrives as a few per
 injected norm. With ``model.center_activations = true`` the trainer measures each source
 layer's mean over the examples' own activation positions once, before training; the oracle
 stores it (``OracleConfig.activation_means``) and subtracts it from every vector it injects,
-in training and at inference alike.
+in training and at inference alike. With ``model.standardize_activations = true`` it also
+measures each channel's spread (``OracleConfig.activation_scales``) and divides by it, so the
+few high-variance channels stop drowning the rest (on the cities truth task the class
+difference grows from ~9% of the injected vector's norm, centred, to ~17%, standardised).
 
 >>> import torch
 >>> from activation_oracles.tiny import tiny_model
@@ -33,6 +36,7 @@ from ..models import as_model
 from .example import TrainingExample
 
 OUTLIER_RATIO = 5.0  # positions above this multiple of the median norm are attention sinks
+SCALE_FLOOR = 0.1  # no channel's scale below this fraction of the median channel's: dividing by ~0 amplifies noise
 
 
 def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
@@ -42,6 +46,17 @@ def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int 
     sinks) are left out. Layers are ``int(n_layers * layer_percent / 100)``, as the trainer computes them. The
     caller decides the adapter state and autocast; this reads ``model`` under ``no_grad``.
     """
+    return {layer: robust_mean(x) for layer, x in source_activations(model, examples, n=n).items()}
+
+
+def activation_stats(model: Any, examples: Iterable[TrainingExample], *,
+                     n: int = 256) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """``(mean, scale)`` of each source layer over the same positions as :func:`activation_means`."""
+    return {layer: (robust_mean(x), robust_scale(x)) for layer, x in source_activations(model, examples, n=n).items()}
+
+
+def source_activations(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
+    """Every activation vector the first ``n`` examples read, stacked per source layer (float32, CPU)."""
     m = as_model(model)
     rows: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
@@ -53,7 +68,7 @@ def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int 
             rows.setdefault(layer, []).append(cache[layer][0].float().cpu())
     if not rows:
         raise DataError("no training examples to measure activation means on; the mixture yielded nothing.")
-    return {layer: robust_mean(torch.cat(rows[layer])) for layer in sorted(rows)}
+    return {layer: torch.cat(rows[layer]) for layer in sorted(rows)}
 
 
 def robust_mean(x_ND: torch.Tensor, *, max_ratio: float = OUTLIER_RATIO) -> torch.Tensor:
@@ -63,6 +78,22 @@ def robust_mean(x_ND: torch.Tensor, *, max_ratio: float = OUTLIER_RATIO) -> torc
     the others on SmolLM2 (~25,000 vs 150-200 at 50% depth); a handful of them among thousands
     of ordinary positions would make the plain mean a copy of the sink vector.
     """
+    return _ordinary_rows(x_ND, max_ratio).mean(0)
+
+
+def robust_scale(x_ND: torch.Tensor, *, max_ratio: float = OUTLIER_RATIO, floor: float = SCALE_FLOOR) -> torch.Tensor:
+    """Per-channel standard deviation of the same rows as :func:`robust_mean`, at least ``floor`` x the median.
+
+    One row alone has no spread: every channel then gets scale 1 (centring only).
+    """
+    kept = _ordinary_rows(x_ND, max_ratio)
+    if len(kept) < 2:
+        return torch.ones(x_ND.shape[-1])
+    sd = kept.std(0)
+    # 1e-6: a layer whose channels never vary (median spread 0) still gets a positive scale
+    return sd.clamp_min(max(floor * sd.median().item(), 1e-6))
+
+
+def _ordinary_rows(x_ND: torch.Tensor, max_ratio: float) -> torch.Tensor:
     norms = x_ND.norm(dim=-1)
-    keep = norms <= max_ratio * norms.median()
-    return x_ND[keep].mean(0)
+    return x_ND[norms <= max_ratio * norms.median()]

@@ -65,6 +65,10 @@ class ModelSection:
                                      "exported oracle (the reference uses 1).")
     center_activations: bool = _f(False, "Subtract each source layer's mean activation (measured on 256 "
                                          "examples of the mixture, stored with the oracle) before injection.")
+    standardize_activations: bool = _f(False, "Also divide each centred vector by its source layer's per-channel "
+                                              "standard deviation (same examples; stored with the oracle), so a "
+                                              "few high-variance channels do not drown the rest. Needs "
+                                              "center_activations = true.")
     tiny_layers: int = _f(4, "Depth of the tiny random model (name = 'tiny' only).")
     tiny_d_model: int = _f(64, "Width of the tiny random model (name = 'tiny' only).")
     tiny_seed: int = _f(0, "Initialisation seed of the tiny random model (name = 'tiny' only).")
@@ -246,6 +250,8 @@ def validate(cfg: TrainConfig) -> None:
     # coeff 0 would train an oracle that never sees an activation: that is the control, not a recipe.
     need(m.injection_coeff > 0 and math.isfinite(m.injection_coeff), "model.injection_coeff", m.injection_coeff,
          "a positive finite number (1 = norm-matched, the reference)")
+    need(m.center_activations or not m.standardize_activations, "model.standardize_activations",
+         m.standardize_activations, "false unless model.center_activations = true (set both to standardise)")
     need(m.tiny_layers >= 2 and m.tiny_d_model >= 8, "model.tiny_layers/tiny_d_model",
          (m.tiny_layers, m.tiny_d_model), "tiny_layers >= 2 and tiny_d_model >= 8")
     need(m.dtype.lower() in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "model.dtype", m.dtype,

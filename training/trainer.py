@@ -136,6 +136,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self._warm_on_policy(factory)
         self._factory = factory
         self._means: dict[int, torch.Tensor] = {}
+        self._scales: dict[int, torch.Tensor] = {}
         if self.cfg.model.center_activations:
             self._measure_means(factory)
         self.stream = BatchStream(factory, batch_size=o.batch_size, group_batches=self.cfg.data.group_batches,
@@ -173,8 +174,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                         pass
 
     def _measure_means(self, factory: Any) -> None:
-        """Each source layer's mean activation (adapter off, as the target pass), stored in the oracle config."""
-        from .centring import activation_means
+        """Each source layer's mean (and scale) activation, adapter off as in the target pass, stored in the oracle config."""
+        from .centring import activation_stats
 
         self._info("measuring each source layer's mean activation (256 examples of the mixture)...")
         with ExitStack() as stack:
@@ -182,11 +183,15 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                 stack.enter_context(self.peft.disable_adapter())
             stack.enter_context(self._autocast())
             # epoch 2e6: a stream of its own (training uses epochs 0, 1, ...; evaluation 1e6 + epoch)
-            means = activation_means(self.target, factory(2 * 10 ** 6), n=256)
-        self._info("mean norms: " + ", ".join(f"layer {layer} {v.norm():.1f}" for layer, v in means.items()))
-        self._means = {layer: v.to(self.device) for layer, v in means.items()}
-        self.oracle_config = replace(self.oracle_config,
-                                     activation_means={layer: v.tolist() for layer, v in means.items()})
+            stats = activation_stats(self.target, factory(2 * 10 ** 6), n=256)
+        self._info("mean norms: " + ", ".join(f"layer {layer} {mean.norm():.1f}" for layer, (mean, _) in stats.items()))
+        self._means = {layer: mean.to(self.device) for layer, (mean, _) in stats.items()}
+        scales = None
+        if self.cfg.model.standardize_activations:
+            self._scales = {layer: scale.to(self.device) for layer, (_, scale) in stats.items()}
+            scales = {layer: scale.tolist() for layer, (_, scale) in stats.items()}
+        self.oracle_config = replace(self.oracle_config, activation_scales=scales,
+                                     activation_means={layer: mean.tolist() for layer, (mean, _) in stats.items()})
 
     def _barrier(self) -> None:
         barrier(self.dist)
@@ -240,7 +245,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                 raise DataError(f"an example reads layer {layer}, which has no measured mean (layers "
                                 f"{sorted(self._means)}); the means come from data.layer_percents.")
             return vectors
-        return vectors.float() - mean
+        scale = self._scales.get(layer)
+        return (vectors.float() - mean) if scale is None else (vectors.float() - mean) / scale
 
     def oracle_loss_sum(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of the oracle with ``vectors`` injected (graph kept)."""
