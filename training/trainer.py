@@ -245,8 +245,9 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                 raise DataError(f"an example reads layer {layer}, which has no measured mean (layers "
                                 f"{sorted(self._means)}); the means come from data.layer_percents.")
             return vectors
+        centred = vectors.float() - mean
         scale = self._scales.get(layer)
-        return (vectors.float() - mean) if scale is None else (vectors.float() - mean) / scale
+        return centred if scale is None else centred / scale
 
     def oracle_loss_sum(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of the oracle with ``vectors`` injected (graph kept)."""
