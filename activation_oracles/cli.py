@@ -32,6 +32,7 @@ from typing import Any
 from . import __version__
 from .cli_ask import _add_ask_parser
 from .training.cli import add_train_parser as _add_train_parser
+from .training.probe_cli import add_data_parser as _add_data_parser
 from .evals.cli import _add_audit_parser, _add_organism_parser
 from .errors import AOError
 
@@ -252,6 +253,7 @@ SUBCOMMANDS: list[Callable[[Any], None]] = [
     _add_capture_parser,
     _add_ask_parser,
     _add_train_parser,
+    _add_data_parser,
     _add_organism_parser,
     _add_audit_parser,
 ]

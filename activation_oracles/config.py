@@ -48,6 +48,11 @@ class OracleConfig:
         None, "Per-channel scale (standard deviation) of each source layer; centred vectors are divided by "
               "it before injection (None: centred only). Needs activation_means for the same layers. Set by "
               "training with model.standardize_activations.")
+    system_prompt: str | None = _f(
+        "", "System turn of the oracle's prompt: '' for none (an explicit empty system turn where the chat "
+            "template would insert a default, e.g. SmolLM2's), a string for that text, None for the template's "
+            "own default. Oracle directories written before this setting load with None, the prompt they "
+            "were trained with.")
     max_positions: int = _f(512, "Most activation vectors accepted in one prompt.")
     adapter_name: str = _f("oracle", "Name of the oracle's LoRA adapter inside a shared PEFT model.")
     training: dict[str, Any] = _f(None, "Summary of the training run and data mixture (None: untrained).",)
@@ -62,6 +67,9 @@ class OracleConfig:
                                   "{layer}, {placeholders} and {question}.")
         if self.max_positions < 1:
             raise ConfigError(f"max_positions={self.max_positions}; expected >= 1.")
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise ConfigError(f"system_prompt={self.system_prompt!r} ({type(self.system_prompt).__name__}); expected "
+                              "a string ('' for no system turn) or null for the chat template's default.")
         object.__setattr__(self, "source_layer_percents", tuple(float(p) for p in self.source_layer_percents))
         object.__setattr__(self, "activation_means", self._per_layer("activation_means", self.activation_means))
         object.__setattr__(self, "activation_scales", self._per_layer("activation_scales", self.activation_scales))
@@ -123,6 +131,8 @@ class OracleConfig:
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ConfigError(f"unknown oracle config keys {unknown}; valid keys are {sorted(valid)}.")
+        if "system_prompt" not in data:  # written before the setting existed: trained with the template's default
+            data = {**data, "system_prompt": None}
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -287,7 +287,7 @@ def answer_loss_sum(logits_BKV: torch.Tensor, labels_BS: torch.Tensor) -> torch.
 _TEXT_SOURCE_KEYS = ("source", "texts", "path", "paths", "format", "field", "column", "split_by", "dataset", "dataset_split",
                      "dataset_config", "limit", "prompts", "n_rollouts", "max_new_tokens", "temperature", "top_p",
                      "rollout_seed", "rollout_batch_size", "system_prompt")
-KINDS = ("context_prediction", "classification", "system_prompt_qa", "on_policy")
+KINDS = ("context_prediction", "classification", "families", "system_prompt_qa", "on_policy")
 
 
 def _call_checked(factory: Callable[..., Any], params: dict[str, Any], where: str, extra_valid: Sequence[str] = ()
@@ -313,7 +313,7 @@ def _call_checked(factory: Callable[..., Any], params: dict[str, Any], where: st
 
 def _tuple_lists(params: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) and k not in ("texts", "paths", "tasks", "dialogue_paths", "held_out",
-                                                                  "prompts") else v
+                                                                  "prompts", "families") else v
             for k, v in params.items()}
 
 
@@ -427,6 +427,10 @@ def build_builder(spec: Any, layer_percents: Sequence[float], *, where: str = "a
             params["tasks"] = [_call_checked(ClassificationTask, _tuple_lists(t), f"{where} tasks")
                                if isinstance(t, dict) else t for t in params["tasks"]]
         return _call_checked(Classification, params, where)
+    if kind == "families":
+        from .families import QuestionFamilies
+
+        return _call_checked(QuestionFamilies, params, where)
     if kind == "system_prompt_qa":
         from .system_prompt_qa import SystemPromptQA
 

@@ -10,9 +10,13 @@ Yes and No are balanced by construction. *Truth* tasks ("Is this statement
 true?") pick the answer first, then a row with that answer. *Label* tasks pick
 the row's class uniformly (so imbalanced files do not leak a prior), then ask
 about the row's own class (Yes) or another class (No) with equal odds - the
-reference's label flipping. Positions: with probability 2/3 one token 1-5
-tokens before the end of the context (1 = the last token), otherwise a window
-of 1-50 tokens ending there. Rows split into train/test by a hash of the row
+reference's label flipping. Positions lie in the text itself, never on a
+special or chat-template token: with probability 2/3 one token (by default the
+text's last token, where a linear probe finds the feature; ``end_offsets``
+moves it earlier), otherwise a window of 1-50 tokens of the text ending there.
+The reference reads 1-5 tokens before the end of the chat-templated context,
+which on SmolLM2 lands on ``<|im_end|>`` and newlines, where the same probe
+finds little. Chat contexts carry no default system prompt. Rows split into train/test by a hash of the row
 (relations: of the subject), so held-out examples of training tasks exist and
 never move between runs.
 
@@ -36,11 +40,11 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
+from activation_oracles.chat import content_spans
 from activation_oracles.errors import ConfigError, DataError
 
 from .example import TrainingExample
-from .sources import (check_layer_percents, check_range, encode_chat, encode_plain, read_csv_rows, read_json,
-                      stable_unit)
+from .sources import check_layer_percents, check_range, read_csv_rows, read_json, stable_unit
 
 YES, NO = "Yes", "No"
 SPLITS = ("train", "test", "held_out")
@@ -123,6 +127,24 @@ def _default_tasks() -> dict[str, ClassificationTask]:
 DEFAULT_TASKS: dict[str, ClassificationTask] = _default_tasks()
 
 
+def encode_with_span(tokenizer: Any, text: str, context_format: str = "plain") -> tuple[tuple[int, ...], tuple[int, int]]:
+    """Token ids of ``text`` as a context and the ``[start, end)`` span of its own tokens.
+
+    ``"plain"``: the tokenizer's encoding (special tokens such as a BOS lie outside the span);
+    ``"chat"``: one user turn through the chat template with no default system prompt (the
+    template's tokens lie outside the span).
+    """
+    if context_format == "chat":
+        ids, spans = content_spans(tokenizer, [{"role": "user", "content": text}])
+        return tuple(ids), spans[0]
+    enc = tokenizer(text, return_special_tokens_mask=True)
+    ids = tuple(int(i) for i in enc["input_ids"])
+    content = [i for i, special in enumerate(enc["special_tokens_mask"]) if not special]
+    if not content:
+        raise DataError(f"the text {text[:40]!r} encodes to special tokens only; it has no content to read.")
+    return ids, (content[0], content[-1] + 1)
+
+
 def find_shared_data() -> Path | None:
     """The repo's ``shared/data`` folder (``$AO_SHARED_DATA`` first), for tests and recipes; None if absent."""
     env = os.environ.get("AO_SHARED_DATA")
@@ -200,7 +222,8 @@ class Classification:
         context_format: ``"plain"`` (the text's own tokens) or ``"chat"`` (one user turn through the
             target's chat template, no generation prompt, as in the reference).
         single_fraction: share of single-token inputs (the rest are windows).
-        end_offsets: inclusive range d; the (last) position is ``len(context) - d``.
+        end_offsets: inclusive range d; the (last) position is the text's ``d``-th token from its end
+            (1 = its last token; clamped to the text's first token).
         window_sizes: inclusive range of window lengths.
         test_fraction: share of rows hashed into the test split.
         max_context_tokens: longer contexts are dropped (an error if a task has none left).
@@ -212,7 +235,7 @@ class Classification:
                  held_out: Sequence[str] | None = None,
                  paraphrases: str | os.PathLike[str] | None = None, context_format: str = "plain",
                  layer_percents: Sequence[float] = (25, 50, 75), single_fraction: float = 2 / 3,
-                 end_offsets: Sequence[int] = (1, 5), window_sizes: Sequence[int] = (1, 50),
+                 end_offsets: Sequence[int] = (1, 1), window_sizes: Sequence[int] = (1, 50),
                  test_fraction: float = 0.1, max_context_tokens: int = 512,
                  question_prefix: str = "Answer with 'Yes' or 'No' only. ", name: str = "classification") -> None:
         if split not in SPLITS:
@@ -302,16 +325,16 @@ class Classification:
                                 f"has {sorted(q)}.")
         return by_class
 
-    def _encode(self, tokenizer: Any, text: str) -> list[int]:
-        if self.context_format == "chat":
-            return encode_chat(tokenizer, [{"role": "user", "content": text}], add_generation_prompt=False)
-        return encode_plain(tokenizer, text)
+    def _encode(self, tokenizer: Any, text: str) -> tuple[tuple[int, ...], tuple[int, int]]:
+        """Token ids of the context and the ``[start, end)`` span of the text's own tokens in them."""
+        return encode_with_span(tokenizer, text, self.context_format)
 
-    def _positions(self, n: int, rng: Random) -> tuple[int, ...]:
-        end = n - min(rng.randint(*self.end_offsets), n)
+    def _positions(self, span: tuple[int, int], rng: Random) -> tuple[int, ...]:
+        start, stop = span
+        end = max(stop - rng.randint(*self.end_offsets), start)
         if rng.random() < self.single_fraction:
             return (end,)
-        width = min(rng.randint(*self.window_sizes), end + 1)
+        width = min(rng.randint(*self.window_sizes), end - start + 1)
         return tuple(range(end - width + 1, end + 1))
 
     def _question(self, task: ClassificationTask, asked: str, rng: Random) -> str:
@@ -322,7 +345,7 @@ class Classification:
 
     def examples(self, tokenizer: Any, rng: Random) -> Iterator[TrainingExample]:
         """Stream balanced examples forever, deterministically given ``rng``."""
-        cache: dict[str, tuple[int, ...] | None] = {}
+        cache: dict[str, tuple[tuple[int, ...], tuple[int, int]] | None] = {}
         rows = {name: {c: list(r) for c, r in by_class.items() if r} for name, by_class in self.rows.items()}
         live = {t.name: t for t in self.tasks if rows[t.name]}
         for t in self.tasks:
@@ -353,10 +376,10 @@ class Classification:
             index = rng.randrange(len(pool_rows))
             row = pool_rows[index]
             if row.text not in cache:
-                ids = tuple(self._encode(tokenizer, row.text))
-                cache[row.text] = ids if 0 < len(ids) <= self.max_context_tokens else None
-            ids = cache[row.text]
-            if ids is None:  # too long for max_context_tokens: drop the row, and the task when none is left
+                ids, span = self._encode(tokenizer, row.text)
+                cache[row.text] = (ids, span) if 0 < len(ids) <= self.max_context_tokens else None
+            encoded = cache[row.text]
+            if encoded is None:  # too long for max_context_tokens: drop the row, and the task when none is left
                 pool_rows[index] = pool_rows[-1]
                 pool_rows.pop()
                 if not pool_rows:
@@ -366,8 +389,9 @@ class Classification:
                     self.dropped[task.name] = (f"every context is longer than max_context_tokens="
                                                f"{self.max_context_tokens}")
                 continue
+            ids, span = encoded
             yield TrainingExample(
-                context_ids=ids, positions=self._positions(len(ids), rng),
+                context_ids=ids, positions=self._positions(span, rng),
                 layer_percent=self.layer_percents[rng.randrange(len(self.layer_percents))],
                 question=self._question(task, asked, rng), answer=answer, source=f"{self.name}:{task.name}",
                 meta={"task": task.name, "group": task.group, "label": cls, "asked": asked, "split": self.split,

@@ -69,6 +69,11 @@ class ModelSection:
                                               "standard deviation (same examples; stored with the oracle), so a "
                                               "few high-variance channels do not drown the rest. Needs "
                                               "center_activations = true.")
+    oracle_system_prompt: str = _f("", "System turn of the oracle's prompts ('' = none: an explicit empty turn where "
+                                       "the chat template would insert its default); stored with the oracle.")
+    template_system_prompt: bool = _f(False, "Use the chat template's own default system turn in the oracle's "
+                                             "prompts instead (as oracles trained before oracle_system_prompt "
+                                             "existed did; SmolLM2's costs ~20 tokens a prompt).")
     tiny_layers: int = _f(4, "Depth of the tiny random model (name = 'tiny' only).")
     tiny_d_model: int = _f(64, "Width of the tiny random model (name = 'tiny' only).")
     tiny_seed: int = _f(0, "Initialisation seed of the tiny random model (name = 'tiny' only).")

@@ -37,6 +37,7 @@ from activation_oracles.errors import ConfigError
 from .classification import Classification
 from .context_prediction import ContextPrediction
 from .example import Builder, TrainingExample
+from .families import QuestionFamilies
 from .on_policy import OnPolicySource
 from .sources import ChatSource, CsvColumnSource, HFDatasetSource, JsonlSource, PlainTextSource, TextListSource
 from .system_prompt_qa import SystemPromptQA
@@ -44,6 +45,7 @@ from .system_prompt_qa import SystemPromptQA
 BUILDER_TYPES: dict[str, type] = {
     "context_prediction": ContextPrediction,
     "classification": Classification,
+    "families": QuestionFamilies,
     "system_prompt_qa": SystemPromptQA,
 }
 """Builder classes by the kind name a config uses."""

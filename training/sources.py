@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from activation_oracles.chat import render_text
 from activation_oracles.errors import ConfigError, DataError, OfflineError
 
 Messages = list[dict[str, str]]
@@ -55,24 +56,19 @@ def encode_plain(tokenizer: Any, text: str) -> list[int]:
 
 
 def encode_chat(tokenizer: Any, messages: Messages, *, add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of a dialogue through the tokenizer's chat template (as ``ao.capture`` renders chats)."""
+    """Token ids of a dialogue through the tokenizer's chat template, with no default system prompt."""
     return list(tokenizer(render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt),
                           add_special_tokens=False)["input_ids"])
 
 
 def render_chat(tokenizer: Any, messages: Messages, *, add_generation_prompt: bool = False) -> str:
-    """The chat-template text of a dialogue; a clear error when the tokenizer has no template."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"tokenizer {getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)!r} has no chat "
-                          "template, so chat dialogues cannot be rendered the way the target sees them; use a "
-                          "chat model's tokenizer, or plain-text sources.")
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except Exception as exc:  # templates raise their own exception types (jinja2 TemplateError, ValueError)
-        roles = [m.get("role") for m in messages]
-        raise DataError(f"the tokenizer's chat template rejected a dialogue with roles {roles}: {exc}. Some "
-                        "templates accept no 'system' role or require alternating user/assistant turns; "
-                        "reshape the dialogues to what this model's template accepts.") from None
+    """The chat-template text of a dialogue as training reads it: never the template's default system prompt.
+
+    A dialogue without a system turn gets an explicit empty one where the template would fill
+    in its default (:func:`activation_oracles.chat.with_system`): the default carries nothing
+    about the input and would be most of a short context.
+    """
+    return render_text(tokenizer, messages, system_prompt="", add_generation_prompt=add_generation_prompt)
 
 
 def check_messages(obj: Any, where: str) -> Messages:

@@ -124,7 +124,9 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                                           d_model=self.base.d_model,
                                           source_layer_percents=self.cfg.data.layer_percents,
                                           injection_layer=self.cfg.model.injection_layer,
-                                          coeff=self.cfg.model.injection_coeff)
+                                          coeff=self.cfg.model.injection_coeff,
+                                          system_prompt=(None if self.cfg.model.template_system_prompt
+                                                         else self.cfg.model.oracle_system_prompt))
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         warmup = int(o.warmup_fraction * self.total_steps)
