@@ -256,6 +256,8 @@ class QuestionFamilies:
             ``data_dir`` is given).
         split: ``"train"`` or ``"test"`` (the rows hashed out of training).
         kind_weights: shares of yes/no, negated and open questions.
+        family_weights: relative sampling weight per family name (default 1 each), e.g. to
+            down-weight a family whose probe ceiling is low.
         single_fraction / window_sizes: as in :class:`~.classification.Classification`.
         context_format: ``"plain"`` or ``"chat"`` (no default system prompt).
         test_fraction: share of rows hashed into the test split.
@@ -264,6 +266,7 @@ class QuestionFamilies:
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, *, families: Sequence[str] | None = None,
                  split: str = "train", kind_weights: Sequence[float] = (0.45, 0.25, 0.3),
+                 family_weights: Mapping[str, float] | None = None,
                  layer_percents: Sequence[float] = (25, 50, 75), single_fraction: float = 2 / 3,
                  window_sizes: Sequence[int] = (1, 24), context_format: str = "plain", test_fraction: float = 0.1,
                  max_context_tokens: int = 128, yes_no_prefix: str = "Answer with 'Yes' or 'No' only. ",
@@ -299,6 +302,12 @@ class QuestionFamilies:
         self.max_context_tokens = int(max_context_tokens)
         self.yes_no_prefix, self.open_prefix = yes_no_prefix, open_prefix
         self.families = [FAMILIES[n] for n in names]
+        fw = dict(family_weights or {})
+        bad = {k: v for k, v in fw.items() if k not in names or not isinstance(v, (int, float)) or v < 0}
+        if bad or (fw and sum(fw.get(n, 1.0) for n in names) <= 0):
+            raise ConfigError(f"family_weights={fw}: expected weights >= 0 (positive in sum) for families among "
+                              f"{names}; bad entries {bad}.")
+        self.family_weights = [float(fw.get(n, 1.0)) for n in names]
         self.rows = {f.name: self._split_rows(f) for f in self.families}
 
     def _split_rows(self, family: Family) -> dict[str, list[str]]:
@@ -331,7 +340,7 @@ class QuestionFamilies:
         total = sum(self.kind_weights)
         cum = [sum(self.kind_weights[:i + 1]) / total for i in range(3)]
         while True:
-            family = self.families[rng.randrange(len(self.families))]
+            family = rng.choices(self.families, weights=self.family_weights)[0]
             rows = self.rows[family.name]
             classes = sorted(rows)
             cls = classes[rng.randrange(len(classes))]

@@ -150,6 +150,19 @@ def _shared_data() -> Path | None:
     return None
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 math is fast here: a CUDA device, or a CPU with AVX-512 BF16 or AMX instructions."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 PROBE_THRESHOLD = 0.70
 """Training classification tasks whose probe ceiling (``ao data probe``) is below this are left out."""
 
@@ -219,7 +232,8 @@ def smollm2_135m(data_dir: str | os.PathLike[str] | None = None) -> TrainConfig:
                                                 **texts_common}),
         SourceSpec("classification", 0.25, {"data_dir": cls_dir, "split": "train", "max_context_tokens": 128,
                                             "window_sizes": [1, 24], "tasks": strong_training_tasks()}),
-        SourceSpec("families", 0.45, {"data_dir": str(root), "split": "train"}),
+        # topic's probe ceiling is 48% over 19 classes (binary questions are easier): kept, at half weight.
+        SourceSpec("families", 0.45, {"data_dir": str(root), "split": "train", "family_weights": {"topic": 0.5}}),
         SourceSpec("system_prompt_qa", 0.05, {"qa_path": lqa_qa, "dialogue_paths": dialogues, "split": "train",
                                               "max_context_tokens": 128}),
     )
@@ -232,15 +246,17 @@ def smollm2_135m(data_dir: str | os.PathLike[str] | None = None) -> TrainConfig:
                                      "name": "families_test"}),
     )
     return TrainConfig(
-        model=ModelSection(name="smollm2-135m", dtype="bf16", center_activations=True, standardize_activations=True),
+        model=ModelSection(name="smollm2-135m", dtype="fp32", center_activations=True, standardize_activations=True),
         # CPU scale: rank 32, no dropout (dropout masks cost ~25% of a CPU step), lr 1e-3 (the rate at which
         # ten strong tasks left the coin flip by step ~100); the reference (GPU) recipe is r=64, alpha=128,
         # dropout 0.05, lr 1e-5 over ~1M examples.
         lora=LoraSection(r=32, alpha=64.0, dropout=0.0),
-        optim=OptimSection(lr=1e-3, batch_size=16, grad_accum=1, bf16=True, seed=0),
-        data=DataSection(sources=sources, n_examples=40_000, max_length=128, max_positions=64, group_batches=16),
-        checkpoint=CheckpointSection(every=100, keep=2),
-        eval=EvalSection(every=500, n_examples=96, sources=eval_sources, batch_size=16, max_new_tokens=8),
+        # bf16 autocast only where the CPU has bf16 instructions: without them (AVX2-only CPUs) a bf16
+        # matmul is emulated and ~100x slower than fp32.
+        optim=OptimSection(lr=1e-3, batch_size=16, grad_accum=1, bf16=fast_bf16(), seed=0),
+        data=DataSection(sources=sources, n_examples=7_200, max_length=128, max_positions=64, group_batches=16),
+        checkpoint=CheckpointSection(every=50, keep=2),
+        eval=EvalSection(every=150, n_examples=64, sources=eval_sources, batch_size=16, max_new_tokens=8),
         output=OutputSection(dir="runs/smollm2-135m", log_every=10),
     )
 
