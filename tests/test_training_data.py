@@ -360,8 +360,9 @@ def test_on_policy_rollouts_are_a_seeded_text_source(tok, tmp_path, one_thread):
     assert docs == list(OnPolicySource(target, seed=0, **kw).documents(tok))
     assert docs != list(OnPolicySource(target, seed=1, **kw).documents(tok))
     for doc, r in zip(docs, src.rollouts()):  # the prompt through the chat template, then 1-4 generated tokens
-        prompt = tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                         add_generation_prompt=True)
+        # (an explicit empty system turn: never the template's default system prompt)
+        prompt = tok.apply_chat_template([{"role": "system", "content": ""}, {"role": "user", "content": r["prompt"]}],
+                                         tokenize=False, add_generation_prompt=True)
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         assert doc[:len(prompt_ids)] == prompt_ids and 1 <= len(doc) - len(prompt_ids) <= 4
     ex = next(ContextPrediction(src, n_tokens=(1, 3)).examples(tok, Random(0)))

@@ -254,9 +254,9 @@ def smollm2_135m(data_dir: str | os.PathLike[str] | None = None) -> TrainConfig:
         # bf16 autocast only where the CPU has bf16 instructions: without them (AVX2-only CPUs) a bf16
         # matmul is emulated and ~100x slower than fp32.
         optim=OptimSection(lr=1e-3, batch_size=16, grad_accum=1, bf16=fast_bf16(), seed=0),
-        data=DataSection(sources=sources, n_examples=7_200, max_length=128, max_positions=64, group_batches=16),
+        data=DataSection(sources=sources, n_examples=3_200, max_length=128, max_positions=64, group_batches=16),
         checkpoint=CheckpointSection(every=50, keep=2),
-        eval=EvalSection(every=150, n_examples=64, sources=eval_sources, batch_size=16, max_new_tokens=8),
+        eval=EvalSection(every=100, n_examples=64, sources=eval_sources, batch_size=16, max_new_tokens=8),
         output=OutputSection(dir="runs/smollm2-135m", log_every=10),
     )
 
