@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .activations import Activations, parse_position_spec
-from .errors import EmptyInputError
+from .errors import EmptyInputError, PositionError
 from .hooks import capture_residuals
 from .models import Model, as_model
 
@@ -51,6 +51,29 @@ def render(model: Model, prompt: str | Messages, *, chat: bool = True, add_gener
     return list(tok(text)["input_ids"])
 
 
+def content_positions(model: Model, prompt: str | Messages, *, chat: bool = True, add_generation_prompt: bool = True,
+                      ids: Sequence[int] | None = None) -> list[int]:
+    """Token indices of the user's own text in ``render(model, prompt, ...)`` (no template or special tokens)."""
+    from .chat import content_spans
+
+    tok = model.tokenizer
+    rendered = list(ids) if ids is not None else render(model, prompt, chat=chat,
+                                                        add_generation_prompt=add_generation_prompt)
+    if chat and getattr(tok, "chat_template", None):
+        messages = prompt if _is_messages(prompt) else [{"role": "user", "content": str(prompt)}]
+        span_ids, spans = content_spans(tok, messages, system_prompt=None,  # what render() shows the model
+                                        add_generation_prompt=add_generation_prompt and messages[-1]["role"] != "assistant")
+        if span_ids != rendered:
+            raise PositionError("the chat renders to different tokens when its content is located; "
+                                "pass explicit positions instead of 'content'.")
+        return [i for a, b in spans for i in range(a, b)]
+    special = set(tok.all_special_ids or [])
+    out = [i for i, t in enumerate(rendered) if t not in special]
+    if not out:
+        raise PositionError("positions='content' selects nothing: the prompt encodes to special tokens only.")
+    return out
+
+
 def capture(model: Any, prompt_or_messages: str | Messages | Sequence[str | Messages], *,
             layers: int | Sequence[int] | None = None, layer_percent: float | Sequence[float] = 50,
             positions: Any = "all", chat: bool = True, add_generation_prompt: bool = True,
@@ -62,7 +85,10 @@ def capture(model: Any, prompt_or_messages: str | Messages | Sequence[str | Mess
         prompt_or_messages: text, a chat (list of ``{"role", "content"}``), or a list of those.
         layers: block indices to read; default from ``layer_percent``.
         layer_percent: depth(s) in percent when ``layers`` is None (50 is the evaluation default).
-        positions: ``"all"``, ``"last:N"``, ``"i:j"``, an int, or a list of token indices.
+        positions: ``"all"``, ``"last:N"``, ``"i:j"``, an int, a list of token indices, or
+            ``"content"``: only the tokens of the user's own text (every user turn), never a
+            chat-template or special token (``acts.tokens`` still shows the whole rendered
+            context, so the template stays visible).
         chat: apply the chat template (a plain string becomes one user turn).
         add_generation_prompt: end the template with the assistant header, as at answer time.
         backend: hook backend (``"torch"``, ``"nnsight"``, ``"transformer_lens"``).
@@ -82,7 +108,11 @@ def capture(model: Any, prompt_or_messages: str | Messages | Sequence[str | Mess
     else:
         layer_list = [layers] if isinstance(layers, int) else list(layers)
     ids_list = [render(m, p, chat=chat, add_generation_prompt=add_generation_prompt) for p in prompts]
-    pos_list = [parse_position_spec(positions, len(ids)) for ids in ids_list]
+    if isinstance(positions, str) and positions.strip() == "content":
+        pos_list = [content_positions(m, p, chat=chat, add_generation_prompt=add_generation_prompt, ids=ids)
+                    for p, ids in zip(prompts, ids_list)]
+    else:
+        pos_list = [parse_position_spec(positions, len(ids)) for ids in ids_list]
 
     results: list[Activations] = []
     pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0

@@ -86,3 +86,17 @@ def test_content_spans_of_several_turns(embedded_tokenizer):
 def test_content_spans_of_nothing_is_a_typed_error(embedded_tokenizer):
     with pytest.raises(PositionError, match="no non-empty message"):
         content_spans(embedded_tokenizer, [{"role": "user", "content": "   "}])
+
+
+@pytest.mark.slow
+def test_capture_content_positions_read_only_the_users_text(smollm):
+    import activation_oracles as ao
+
+    acts = ao.capture(smollm, "Owls hunt at night.", positions="content")
+    assert "".join(acts.tokens[p] for p in acts.positions).replace("Ġ", " ") == "Owls hunt at night."
+    assert "<|im_start|>" in acts.tokens  # the template stays visible in the tokens
+    whole = ao.capture(smollm, "Owls hunt at night.")
+    layer = acts.layer
+    assert (whole.vectors[layer][list(acts.positions)] - acts.vectors[layer]).abs().max() < 1e-4
+    plain = ao.capture(smollm, "Owls hunt at night.", positions="content", chat=False)
+    assert len(plain.positions) == len(acts.positions)
