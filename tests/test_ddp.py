@@ -95,8 +95,12 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert ddp["world_size"] == 2
     assert grads_1.keys() == grads_2.keys() == grads_acc.keys() and grads_1
     for name in grads_1:
-        assert torch.allclose(grads_1[name], grads_2[name], rtol=0, atol=1e-5), name
-        assert torch.allclose(grads_1[name], grads_acc[name], rtol=0, atol=1e-5), name
+        # Agreement up to the order of the gradient sums: relative to the tensor's own scale
+        # (lm_head's LoRA B gradient spans 49,152 rows; its largest entries reach ~1e-1).
+        for other in (grads_2[name], grads_acc[name]):
+            scale = grads_1[name].abs().max().item()
+            diff = (grads_1[name] - other).abs().max().item()
+            assert diff <= 1e-5 + 1e-4 * scale, (name, diff, scale)
     assert max(abs(a - b) for a, b in zip(losses_1, ddp["losses"])) <= 1e-5
     assert max(abs(a - b) for a, b in zip(losses_1, losses_acc)) <= 1e-5
     assert any(float(g.abs().max()) > 1e-4 for g in grads_1.values())  # the comparison is not vacuous

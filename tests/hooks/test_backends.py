@@ -47,8 +47,12 @@ def _close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, a
     assert diff <= atol, diff
 
 
-def _rel_close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, rtol: float = 1e-5) -> None:
-    """Per position, ||a - b|| <= rtol * ||b||: agreement up to float reordering at any scale."""
+def _rel_close(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, rtol: float = 3e-5) -> None:
+    """Per position, ||a - b|| <= rtol * ||b||: agreement up to float reordering at any scale.
+
+    Eager attention (TransformerLens) against SDPA over 30 blocks differs by ~1.02e-5 relative on an
+    AVX2-only CPU (below 1e-5 where AVX-512 kernels are used); a wrong hook site differs by ~1e-1.
+    """
     a, b = a[mask], b[mask]
     worst = ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
     assert worst <= rtol, worst
