@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from .activations import Activations, parse_position_spec
-from .errors import EmptyInputError, PositionError
+from .chat import check_messages
+from .checks import check_bool, check_int, check_text
+from .errors import ArgumentTypeError, EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError
 from .hooks import capture_residuals
 from .models import Model, as_model
 
@@ -23,7 +25,69 @@ Messages = list[dict[str, str]]
 
 
 def _is_messages(obj: Any) -> bool:
-    return isinstance(obj, list) and bool(obj) and all(isinstance(m, dict) and "role" in m for m in obj)
+    # Every dict counts: a message lacking "role" is then reported as a bad message, not as a
+    # list of prompts of the wrong type.
+    return isinstance(obj, list) and bool(obj) and all(isinstance(m, dict) for m in obj)
+
+
+def _check_prompt(prompt: Any, name: str = "prompt") -> None:
+    """Text or a chat that the tokenizer and the chat template can take (see :func:`check_messages`)."""
+    if isinstance(prompt, str):
+        check_text(name, prompt)
+    elif _is_messages(prompt):
+        check_messages(prompt, name)
+    elif isinstance(prompt, (bytes, bytearray)):
+        raise ArgumentTypeError(f"{name} is {type(prompt).__name__} ({bytes(prompt[:40])!r}); expected str. Decode "
+                                "it first, e.g. data.decode('utf-8', errors='replace').")
+    elif isinstance(prompt, dict):
+        raise ArgumentTypeError(f"{name} is one message ({prompt!r:.60}); a chat is a list of messages: pass "
+                                "[message].")
+    else:
+        raise ArgumentTypeError(f"{name} is a {type(prompt).__name__} ({prompt!r:.60}); expected a string or a list "
+                                "of {'role', 'content'} messages.")
+
+
+def context_limit(model: Model) -> int | None:
+    """Most tokens the model has positions for (``config.max_position_embeddings``), or None when unknown.
+
+    Past it, GPT-2-style models index outside their position table (an IndexError from torch)
+    and rotary models run on silently, out of the range they were trained on.
+    """
+    config = getattr(model.hf, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+
+def _layer_list(model: Model, layers: Any, layer_percent: Any) -> list[int]:
+    """The block indices to read, checked before any work (each an int in ``[-n_layers, n_layers)``)."""
+    n = model.n_layers
+    if layers is None:
+        if isinstance(layer_percent, (list, tuple)) and layer_percent:
+            percents = list(layer_percent)
+        else:
+            percents = [layer_percent]
+        for p in percents:
+            if isinstance(p, bool) or not isinstance(p, (int, float)):
+                raise LayerNotFoundError(f"layer_percent={layer_percent!r:.60} holds {p!r} ({type(p).__name__}); "
+                                         "expected a depth in percent in (0, 100), e.g. 50, or a list of them.")
+        return sorted({model.layer_at(p) for p in percents})
+    if isinstance(layers, (list, tuple, range)):
+        layer_list = list(layers)
+        if not layer_list:
+            raise LayerNotFoundError("layers=[] selects no block; pass a block index or a list of them, e.g. "
+                                     f"layers=[{n // 2}].")
+    else:
+        layer_list = [layers]
+    for layer in layer_list:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise LayerNotFoundError(f"layers={layers!r:.60} holds {layer!r} ({type(layer).__name__}); expected block "
+                                     f"indices (ints) in [-{n}, {n}), e.g. layers={n // 2}.")
+        if not -n <= layer < n:
+            raise LayerNotFoundError(f"layer {layer} is out of range for a model of {n} blocks; expected an index "
+                                     f"in [-{n}, {n}).")
+    return layer_list
 
 
 def render(model: Model, prompt: str | Messages, *, chat: bool = True, add_generation_prompt: bool = True) -> list[int]:
@@ -32,6 +96,7 @@ def render(model: Model, prompt: str | Messages, *, chat: bool = True, add_gener
     if tok is None:
         raise EmptyInputError(f"{model.name!r} has no tokenizer; load it with ao.load_model or pass "
                               "ao.as_model(model, tokenizer).")
+    _check_prompt(prompt)
     if _is_messages(prompt):
         messages = prompt
         if not any(str(m.get("content", "")).strip() for m in messages):
@@ -98,21 +163,38 @@ def capture(model: Any, prompt_or_messages: str | Messages | Sequence[str | Mess
         One :class:`Activations` for a single prompt, a list for a list of prompts.
     """
     m = as_model(model)
+    # Every argument is checked before the first forward pass, so a bad one changes nothing.
     single = isinstance(prompt_or_messages, str) or _is_messages(prompt_or_messages)
+    if not single and not isinstance(prompt_or_messages, (list, tuple)):
+        _check_prompt(prompt_or_messages)  # raises: neither text, a chat, nor a list of them
     prompts = [prompt_or_messages] if single else list(prompt_or_messages)  # type: ignore[list-item]
     if not prompts:
         raise EmptyInputError("no prompts given; pass a string, a chat, or a non-empty list of them.")
-    if layers is None:
-        percents = [layer_percent] if isinstance(layer_percent, (int, float)) else list(layer_percent)
-        layer_list = sorted({m.layer_at(p) for p in percents})
-    else:
-        layer_list = [layers] if isinstance(layers, int) else list(layers)
+    for i, p in enumerate(prompts):
+        _check_prompt(p, "prompt" if single else f"prompt {i}")
+    check_bool("chat", chat)
+    check_bool("add_generation_prompt", add_generation_prompt)
+    check_int("batch_size", batch_size, minimum=1, fix="It is the number of prompts per forward pass.")
+    layer_list = _layer_list(m, layers, layer_percent)
     ids_list = [render(m, p, chat=chat, add_generation_prompt=add_generation_prompt) for p in prompts]
+    limit = context_limit(m)
+    for i, ids in enumerate(ids_list):
+        if limit is not None and len(ids) > limit:
+            which = "the prompt" if single else f"prompt {i}"
+            raise PromptTooLongError(f"{which} renders to {len(ids)} tokens but {m.name!r} has {limit} positions "
+                                     "(config.max_position_embeddings); shorten it, or capture it in pieces.")
     if isinstance(positions, str) and positions.strip() == "content":
         pos_list = [content_positions(m, p, chat=chat, add_generation_prompt=add_generation_prompt, ids=ids)
                     for p, ids in zip(prompts, ids_list)]
     else:
-        pos_list = [parse_position_spec(positions, len(ids)) for ids in ids_list]
+        pos_list = []
+        for i, ids in enumerate(ids_list):
+            try:
+                pos_list.append(parse_position_spec(positions, len(ids)))
+            except PositionError as exc:
+                if single:
+                    raise
+                raise PositionError(f"prompt {i}: {exc}") from None
 
     results: list[Activations] = []
     pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0

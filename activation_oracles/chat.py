@@ -35,6 +35,38 @@ _PROBE = "\u2063probe\u2063"  # text no template changes, to tell a default syst
 _DEFAULT_CACHE: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
+#: Roles a chat message may have. Templates render any string as a role header (SmolLM2's shows
+#: "<|im_start|>wizard"), so a typo would silently become a turn the model never saw in training.
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_messages(messages: Any, name: str = "messages") -> Messages:
+    """``messages`` unchanged when every message is a ``{"role", "content"}`` dict with a known role and text.
+
+    Raises :class:`~activation_oracles.errors.PromptError` naming the message, its index and
+    what is wrong (``content: None`` would otherwise reach the template as an undefined value).
+    """
+    from .checks import check_text
+    from .errors import PromptError
+
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise PromptError(f"{name}[{i}] is a {type(m).__name__} ({m!r:.60}); expected a dict such as "
+                              "{'role': 'user', 'content': 'Hello'}.")
+        for key in ("role", "content"):
+            if key not in m:
+                raise PromptError(f"{name}[{i}] = {m!r:.80} has no {key!r}; every message needs 'role' and 'content', "
+                                  "e.g. {'role': 'user', 'content': 'Hello'}.")
+        role, content = m["role"], m["content"]
+        if not isinstance(role, str) or role not in ROLES:
+            raise PromptError(f"{name}[{i}] has role {role!r}; expected one of {', '.join(ROLES)}.")
+        if not isinstance(content, str):
+            raise PromptError(f"{name}[{i}] ({role!r}) has content {content!r:.60} ({type(content).__name__}); "
+                              "expected a string (use '' for an empty turn).")
+        check_text(f"{name}[{i}] content", content)
+    return messages
+
+
 def injects_default_system(tokenizer: Any) -> bool:
     """Whether the chat template adds a system turn of its own to a dialogue that has none.
 

@@ -11,9 +11,12 @@ the ``_add_<name>_parser`` function in :data:`SUBCOMMANDS`. Handlers import torc
 transformers and the rest of the package *inside* the function: this module is
 imported by ``ao --help``, which must answer at once without loading torch.
 
-Errors raised on purpose (:class:`activation_oracles.errors.AOError`) print as
-``error: <message>`` on stderr with exit status 2 and no traceback (pass
-``--traceback`` to see one). Usage errors also exit with 2 (argparse's convention).
+Errors raised on purpose (:class:`activation_oracles.errors.AOError`) print as one
+``error: <message>`` line on stderr, no traceback (pass ``--traceback`` to see one).
+The exit status says whose move it is: 2 for usage errors (argparse's convention: a bad
+flag or value, fix the command), 1 for runtime failures (a file that cannot be read or
+written, the network, a numerical failure: each error class's ``exit_status``). A closed
+pipe (``ao train --list-keys | head``) ends the command quietly.
 
 >>> main(["--version"])  # doctest: +ELLIPSIS
 ao ...
@@ -34,21 +37,21 @@ from .cli_ask import _add_ask_parser
 from .training.cli import add_train_parser as _add_train_parser
 from .training.probe_cli import add_data_parser as _add_data_parser
 from .evals.cli import _add_audit_parser, _add_organism_parser
-from .errors import AOError
+from .errors import AOError, CLIUsageError
+
+__all__ = ["CLIUsageError", "build_parser", "format_summary", "main", "run_command"]
 
 EXIT_OK = 0
-EXIT_USAGE = 2  # bad input: argparse errors and every AOError
+EXIT_FAILURE = 1  # a runtime failure: an AOError whose exit_status is 1, or an OSError
+EXIT_USAGE = 2  # bad input: argparse errors and the AOErrors that name a bad argument
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `yes | head` reports for `yes`, so `set -o pipefail` behaves alike
 
 _DESCRIPTION = """\
 activation oracles: capture a language model's residual-stream activations and
 ask another model (the oracle) questions about them.
 
 Run `ao <command> --help` for a command's options."""
-
-
-class CLIUsageError(AOError, ValueError):
-    """A command-line argument is invalid in a way argparse cannot check (e.g. an output folder that is missing)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -102,6 +105,38 @@ def _embedded_needs_conversion(spec: str) -> bool:
         return not (folder / embedded._DONE_MARKER).is_file()
     except AttributeError:  # the cache layout changed: just skip the hint
         return False
+
+
+def read_prompt(value: str, flag: str = "--prompt") -> str:
+    """The text of ``--prompt`` (``-``: stdin), checked to be valid Unicode before any model loads.
+
+    Non-UTF-8 bytes reach ``sys.argv`` as lone surrogates (Python's surrogateescape) and stdin
+    raises a UnicodeDecodeError on them; both become a :class:`PromptError` naming the bytes.
+    """
+    from .checks import check_text
+    from .errors import PromptError
+
+    if value == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        try:
+            value = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PromptError(f"{flag} - (stdin) holds bytes that are not UTF-8 ({data[exc.start:exc.start + 4]!r} "
+                              f"at byte {exc.start}); convert the text to UTF-8 first, e.g. with iconv.") from None
+    try:
+        check_text(flag, value)
+    except PromptError:
+        raw = os.fsencode(value) if isinstance(value, str) else value
+        raise PromptError(f"{flag} holds bytes that are not UTF-8 ({raw[:40]!r}); pass UTF-8 text (convert it with "
+                          "iconv, or check the terminal's encoding).") from None
+    return value
+
+
+def check_device_arg(device: str | None) -> None:
+    """``--device``, resolved before the (slow) load: torch would fail halfway with an AssertionError."""
+    from .checks import check_device
+
+    check_device(device)
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -198,12 +233,16 @@ def _add_capture_parser(subparsers: Any) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = read_prompt(args.prompt)
     if args.out is not None:  # fail before the (slow) model load
         parent = os.path.dirname(os.path.abspath(args.out))
+        if os.path.isdir(args.out):
+            raise CLIUsageError(f"--out {args.out!r} is a directory; pass a file path such as "
+                                f"{os.path.join(args.out, 'acts.safetensors')!r}.")
         if not os.path.isdir(parent):
             raise CLIUsageError(f"--out {args.out!r}: folder {parent!r} does not exist; create it first "
                                 "or pick another path.")
+    check_device_arg(args.device)
     model = _load_model(args)
     acts = _capture(model, prompt, args)
     print(format_summary(acts, prompt=prompt))
@@ -271,6 +310,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a subcommand handler; errors become one ``error:`` line and an exit status (see the module doc)."""
+    show_traceback = bool(getattr(args, "traceback", False))
+    try:
+        status = int(func(args) or EXIT_OK)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except AOError as exc:
+        if show_traceback:
+            raise
+        _err(f"error: {exc}")
+        return int(getattr(exc, "exit_status", EXIT_USAGE))
+    except OSError as exc:  # the disk or the OS refused (permissions, space): a runtime failure, not a bug
+        if show_traceback:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        _err(f"error: {exc.strerror or exc}{where}")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        if show_traceback:
+            raise
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not report the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (pytest capture): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ao`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
     parser = build_parser()
@@ -278,21 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: keep argparse's message and status
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    except BrokenPipeError:  # `ao --help | head -1`
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    try:
-        return int(args.func(args) or EXIT_OK)
-    except AOError as exc:
-        if args.traceback:
-            raise
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        if args.traceback:
-            raise
-        _err("interrupted")
-        return EXIT_INTERRUPTED
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 from typing import Any
 
 MODES = ("full", "segment", "tokens")
@@ -62,11 +62,22 @@ def _add_ask_parser(subparsers: Any) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
 
     import activation_oracles as ao
-    from activation_oracles.cli import CLIUsageError, _err
+    from activation_oracles.checks import check_text
+    from activation_oracles.cli import CLIUsageError, _err, read_prompt
     from activation_oracles.errors import ChoicesError
 
     if (args.acts is None) == (args.prompt is None):
         raise CLIUsageError("give either --prompt TEXT (captured from --target) or --acts FILE, not both or neither.")
+    # Everything the user typed is checked before the (slow) model loads.
+    if args.max_new_tokens < 1:
+        raise CLIUsageError(f"--max-new-tokens {args.max_new_tokens}; expected an integer >= 1 (the longest answer).")
+    if args.segment_len < 1:
+        raise CLIUsageError(f"--segment-len {args.segment_len}; expected an integer >= 1.")
+    if args.coeff is not None and not math.isfinite(args.coeff):
+        raise CLIUsageError(f"--coeff {args.coeff}; expected a finite number (1 = the reference, 0 = the control).")
+    for q in args.question:
+        check_text("--question", q)
+    prompt = read_prompt(args.prompt) if args.prompt is not None else None
     choices = None
     if args.choices is not None:
         choices = [c.strip() for c in args.choices.split(",")]
@@ -85,7 +96,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         _err(f"loading target {args.target} ...")
         target = ao.load_model(args.target, dtype=args.dtype)
-        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         kw: dict[str, Any] = {"positions": int(args.positions) if args.positions.lstrip("-").isdigit()
                               else args.positions, "chat": args.chat}
         if args.layer is not None:

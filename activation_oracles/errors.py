@@ -13,7 +13,15 @@ from __future__ import annotations
 
 
 class AOError(Exception):
-    """Base class of every error raised on purpose by activation_oracles."""
+    """Base class of every error raised on purpose by activation_oracles.
+
+    ``exit_status`` is what the ``ao`` command line exits with when this error ends a
+    command: 2 (the usage-error status, as argparse uses) when the arguments themselves
+    are wrong, 1 when a well-formed command failed while running (a file that cannot be
+    written or read, the network, a numerical failure).
+    """
+
+    exit_status: int = 2
 
 
 class ModelSpecError(AOError, ValueError):
@@ -22,6 +30,8 @@ class ModelSpecError(AOError, ValueError):
 
 class OfflineError(AOError, ConnectionError):
     """A hub download was needed but the machine is offline (or HF_HUB_OFFLINE is set)."""
+
+    exit_status = 1
 
 
 class LayerDiscoveryError(AOError, LookupError):
@@ -46,6 +56,8 @@ class VectorShapeError(AOError, ValueError):
 
 class NonFiniteError(AOError, ValueError):
     """A tensor holds NaN or inf where finite values are required."""
+
+    exit_status = 1
 
 
 class BackendError(AOError, ValueError):
@@ -75,6 +87,8 @@ class AdapterError(AOError, ValueError):
 class UnsafeFileError(AOError, ValueError):
     """A file would need unpickling to load; activation_oracles never unpickles."""
 
+    exit_status = 1
+
 
 class OracleNotAvailableError(AOError, FileNotFoundError):
     """The requested shipped oracle does not exist in this installation."""
@@ -87,9 +101,13 @@ class ConfigError(AOError, ValueError):
 class DataError(AOError, ValueError):
     """A data file is missing, empty, or lacks a required column."""
 
+    exit_status = 1
+
 
 class CheckpointError(AOError, RuntimeError):
     """A training checkpoint is corrupted or incompatible."""
+
+    exit_status = 1
 
 
 class OutputDirError(AOError, FileExistsError):
@@ -106,3 +124,47 @@ class OrganismError(AOError, ValueError):
 
 class BaseMismatchError(AOError, ValueError):
     """Two models that must share base weights and tokenizer (organism and oracle, organism and base) do not."""
+
+
+class ArgumentError(AOError, ValueError):
+    """A plain argument (``batch_size``, ``max_new_tokens``, ``temperature``, ...) is outside its range."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument has the wrong type (``chat="yes"``, ``batch_size=1.5``, ``path=None``, ...)."""
+
+
+class PromptError(AOError, ValueError):
+    """A prompt cannot be shown to the model: text that is not valid Unicode (lone surrogates, undecoded
+    bytes), or a chat message with an unknown role or a content that is not text."""
+
+
+class PromptTooLongError(PromptError, IndexError):
+    """A prompt has more tokens than the model has positions (``config.max_position_embeddings``)."""
+
+
+class DeviceError(AOError, ValueError):
+    """A torch device that is malformed or not available on this machine (``device="cuda"`` without a GPU)."""
+
+
+class ActivationsFileError(AOError, ValueError):
+    """A safetensors file with activation_oracles' format tag whose metadata is missing, malformed or
+    inconsistent with its tensors (damaged, or edited by hand)."""
+
+    exit_status = 1
+
+
+class InputFileNotFoundError(AOError, FileNotFoundError):
+    """A file to read does not exist, or the path names a directory."""
+
+
+class OutputWriteError(AOError, OSError):
+    """A file or folder cannot be written where asked: the path is a directory, its folder is missing,
+    read-only or not writable (nothing is left behind)."""
+
+    exit_status = 1
+
+
+class CLIUsageError(AOError, ValueError):
+    """A command-line argument is invalid in a way argparse cannot check (e.g. an output folder that is missing)."""
+

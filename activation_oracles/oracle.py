@@ -26,8 +26,10 @@ import torch
 
 from .activations import Activations
 from .adapters import use_adapter
+from .checks import check_bool, check_int, check_optional_int, check_real, check_text
 from .config import OracleConfig
-from .errors import ActivationsMismatchError, ChoicesError, EmptyInputError, PositionError
+from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
+                     EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError)
 from .hooks import inject_residuals
 from .models import Model, as_model
 from .prompt import OraclePrompt, _end_of_turn_id, answer_ids, build_prompt, placeholder_id
@@ -62,6 +64,7 @@ class ActivationOracle:
     def untrained(cls, model: Any, **overrides: Any) -> ActivationOracle:
         """The base model with the reference injection and no adapter (a Patchscopes-style baseline)."""
         m = as_model(model)
+        _check_overrides(overrides, m.n_layers, fixed=("base_model", "n_layers", "d_model"))
         config = OracleConfig(base_model=m.name, n_layers=m.n_layers, d_model=m.d_model, **overrides)
         return cls(m, config, adapter=None)
 
@@ -71,6 +74,7 @@ class ActivationOracle:
 
     def with_config(self, **changes: Any) -> ActivationOracle:
         """A view of this oracle with other settings, e.g. ``coeff=0`` for the no-information control."""
+        _check_overrides(changes, self.model.n_layers)
         return ActivationOracle(self.model, replace(self.config, **changes), self.adapter)
 
     def __repr__(self) -> str:
@@ -153,9 +157,16 @@ class ActivationOracle:
         share the prompt prefix (with the injected placeholders), computed once.
         ``generate_kwargs`` are passed on to ``generate`` (e.g. ``{"min_new_tokens": 8}``).
         """
+        check_int("max_new_tokens", max_new_tokens, minimum=1, fix="It is the longest answer, in tokens.")
+        temperature = check_real("temperature", temperature, minimum=0.0, fix="Use 0 for greedy decoding.")
+        check_optional_int("seed", seed)
+        check_int("batch_size", batch_size, minimum=1)
+        check_optional_int("layer", layer)
+        check_bool("reuse_prefix", reuse_prefix)
+        extra = self._check_generate_kwargs(generate_kwargs)
         pairs, single = _pairs(acts, question)
         items = [self._item(a, q, layer) for a, q in pairs]
-        extra = dict(generate_kwargs or {})
+        self._check_length([it.prompt.input_ids for it in items], max_new_tokens)
         answers: list[str | None] = [None] * len(items)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else _null()
         with rng:
@@ -178,6 +189,51 @@ class ActivationOracle:
                                                                  extra)):
                     answers[idx] = text
         return answers[0] if single else answers  # type: ignore[return-value]
+
+    # Arguments that ask() sets itself, or that would break the prefix cache and the injection.
+    _OWN_KWARGS = frozenset({"input_ids", "inputs", "attention_mask", "past_key_values", "cache", "max_new_tokens",
+                             "temperature", "use_cache", "generation_config"})
+
+    def _check_generate_kwargs(self, generate_kwargs: Any) -> dict[str, Any]:
+        """``generate_kwargs`` as a dict of options ``generate`` knows (transformers only warns, or fails
+        after the prompt pass, on a typo)."""
+        if generate_kwargs is None:
+            return {}
+        if not isinstance(generate_kwargs, dict):
+            raise ArgumentTypeError(f"generate_kwargs={generate_kwargs!r:.60} ({type(generate_kwargs).__name__}); "
+                                    "expected a dict such as {'min_new_tokens': 8}.")
+        import inspect
+
+        from transformers import GenerationConfig
+
+        known = set(vars(GenerationConfig())) | set(inspect.signature(self.model.hf.generate).parameters)
+        known -= {"kwargs", "self"}
+        for key in generate_kwargs:
+            if key in self._OWN_KWARGS:
+                raise ArgumentError(f"generate_kwargs[{key!r}] is set by ask() itself; pass max_new_tokens= or "
+                                    "temperature= to ask(), and leave inputs, masks and caches to it.")
+            if not isinstance(key, str) or key.startswith("_") or key not in known:
+                close = sorted(k for k in known if not k.startswith("_") and isinstance(key, str)
+                               and (key[:4] in k or k[:4] in key))[:5]
+                hint = f" (close: {', '.join(close)})" if close else ""
+                raise ArgumentError(f"generate_kwargs[{key!r}] is not an option of generate(){hint}; expected "
+                                    "GenerationConfig fields such as min_new_tokens, repetition_penalty, top_p.")
+        return dict(generate_kwargs)
+
+    def _check_length(self, rows: Sequence[Sequence[int]], max_new_tokens: int = 0) -> None:
+        """The oracle prompt (plus the answer) must fit the model's positions: past them GPT-2-style
+        models raise an IndexError mid-generation and rotary ones read garbage."""
+        from .capturing import context_limit
+
+        limit = context_limit(self.model)
+        if limit is None:
+            return
+        longest = max(len(r) for r in rows)
+        if longest + max_new_tokens > limit:
+            raise PromptTooLongError(f"the oracle prompt is {longest} tokens and max_new_tokens={max_new_tokens}, "
+                                     f"{longest + max_new_tokens} in all, but {self.model.name!r} has {limit} "
+                                     "positions; pass fewer activation positions (e.g. acts.last(16)), a shorter "
+                                     "question or a smaller max_new_tokens.")
 
     def _generate(self, items: Sequence[_Item], max_new_tokens: int, temperature: float,
                   extra: dict[str, Any] | None = None) -> list[str]:
@@ -225,12 +281,18 @@ class ActivationOracle:
         of a longer answer); the probabilities are a softmax of those scores.
         """
         choice_list = _check_choices(choices)
+        check_optional_int("layer", layer)
+        check_int("batch_size", batch_size, minimum=1)
         pairs, single = _pairs(acts, question)
-        out: list[dict[str, float]] = []
-        for a, q in pairs:
+        prepared = []
+        for a, q in pairs:  # every prompt built (and checked) before the first forward pass
             item = self._item(a, q, layer)
             src = self._vectors(a, layer)[0]
             answers = [answer_ids(self.model.tokenizer, self.config, item.prompt, src, q, c) for c in choice_list]
+            self._check_length([list(item.prompt.input_ids) + list(ans) for ans in answers])
+            prepared.append((item, answers))
+        out: list[dict[str, float]] = []
+        for item, answers in prepared:
             s = self._score_choices(item, answers)
             top = max(s)
             exps = [math.exp(x - top) for x in s]
@@ -242,6 +304,8 @@ class ActivationOracle:
                         layer: int | None = None) -> dict[str, float]:
         """Unnormalised total log-probability of each choice's answer tokens."""
         choice_list = _check_choices(choices)
+        check_optional_int("layer", layer)
+        _pairs(acts, question)  # the same checks as ask() and choose()
         item = self._item(acts, question, layer)
         src = self._vectors(acts, layer)[0]
         answers = [answer_ids(self.model.tokenizer, self.config, item.prompt, src, question, c) for c in choice_list]
@@ -347,9 +411,21 @@ def _pairs(acts: Any, question: Any) -> tuple[list[tuple[Activations, str]], boo
         raise EmptyInputError("the list of questions is empty; ask at least one question.")
     if acts_many and not acts:
         raise PositionError("the list of activations is empty; pass at least one Activations.")
+    if not acts_many and not isinstance(acts, Activations):
+        raise ActivationsMismatchError(f"acts is a {type(acts).__name__} ({acts!r:.60}); expected Activations (from "
+                                       "ao.capture or Activations.load) or a list of them.")
+    for i, a in enumerate(acts if acts_many else []):
+        if not isinstance(a, Activations):
+            raise ActivationsMismatchError(f"acts[{i}] is a {type(a).__name__} ({a!r:.60}); expected Activations "
+                                           "(from ao.capture or Activations.load).")
     for q in (question if q_many else [question]):
-        if not isinstance(q, str) or not q.strip():
-            raise EmptyInputError("a question is empty; ask the oracle something, e.g. 'What is the secret word?'.")
+        if not isinstance(q, str):
+            raise ArgumentTypeError(f"question={q!r:.60} ({type(q).__name__}); expected a string such as "
+                                    "'What is the secret word?'.")
+        if not q.strip():
+            raise EmptyInputError(f"a question is empty ({q!r}); ask the oracle something, e.g. 'What is the secret "
+                                  "word?'.")
+        check_text("question", q)
     if acts_many and q_many:
         if len(acts) != len(question):
             raise EmptyInputError(f"got {len(acts)} activation sets and {len(question)} questions; pass lists of "
@@ -379,15 +455,47 @@ def _prefix_groups(items: Sequence[_Item]) -> list[list[int]]:
     return [groups[k] for k in order]
 
 
+def _check_overrides(changes: dict[str, Any], n_layers: int, fixed: tuple[str, ...] = ()) -> None:
+    """Config overrides (``with_config``, ``untrained``): known keys and sane values, checked up front.
+
+    A typo would otherwise be a bare ``TypeError`` from the dataclass, and ``coeff=float("nan")``
+    or ``injection_layer=99`` would be accepted here and fail (or poison every answer) later.
+    """
+    from dataclasses import fields
+
+    valid = [f.name for f in fields(OracleConfig) if f.name not in fixed]
+    for key, value in changes.items():
+        if key not in valid:
+            why = " (it comes from the model)" if key in fixed else ""
+            raise ConfigError(f"unknown oracle setting {key!r}{why}; valid settings are: {', '.join(sorted(valid))}.")
+        if key == "coeff":
+            check_real("coeff", value, fix="c in h + c*||h||*v/||v||: 1 is the reference, 0 the no-information control.")
+        elif key == "injection_layer":
+            check_int("injection_layer", value)
+            if not 0 <= value < n_layers:
+                raise LayerNotFoundError(f"injection_layer={value} is outside the oracle's {n_layers} blocks; expected "
+                                         f"an index in [0, {n_layers}) (the reference uses 1).")
+        elif key == "max_positions":
+            check_int("max_positions", value, minimum=1)
+        elif key in ("placeholder", "prompt_template", "mode", "adapter_name", "base_model"):
+            if not isinstance(value, str):
+                raise ArgumentTypeError(f"{key}={value!r:.60} ({type(value).__name__}); expected a string.")
+            check_text(key, value)
+
+
 def _check_choices(choices: Sequence[str]) -> list[str]:
     if isinstance(choices, str):
         raise ChoicesError(f"choices={choices!r} is a string; pass a list such as ['Yes', 'No'].")
+    if not isinstance(choices, (list, tuple)):
+        raise ChoicesError(f"choices={choices!r:.60} ({type(choices).__name__}); pass a list such as ['Yes', 'No'].")
     choice_list = list(choices)
     if len(choice_list) < 2:
         raise ChoicesError(f"choices={choice_list!r}; pass at least two choices, e.g. ['Yes', 'No'].")
     for c in choice_list:
         if not isinstance(c, str) or not c.strip():
             raise ChoicesError(f"choices={choice_list!r} holds an empty choice; every choice needs text.")
+    for c in choice_list:
+        check_text("choice", c)
     if len(set(choice_list)) != len(choice_list):
         dups = sorted({c for c in choice_list if choice_list.count(c) > 1})
         raise ChoicesError(f"choices {dups} appear more than once; each choice must be distinct.")

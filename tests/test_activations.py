@@ -34,12 +34,13 @@ def test_parse_position_spec():
     assert parse_position_spec("all", 5) == [0, 1, 2, 3, 4]
     assert parse_position_spec(None, 3) == [0, 1, 2]
     assert parse_position_spec("last:3", 5) == [2, 3, 4]
-    assert parse_position_spec("last:9", 5) == [0, 1, 2, 3, 4]
+    assert parse_position_spec("last:5", 5) == [0, 1, 2, 3, 4] and parse_position_spec("-5:5", 5) == [0, 1, 2, 3, 4]
     assert parse_position_spec("2:5", 8) == [2, 3, 4]
     assert parse_position_spec(":2", 8) == [0, 1] and parse_position_spec("-2:", 8) == [6, 7]
     assert parse_position_spec(3, 5) == [3] and parse_position_spec(-1, 5) == [4]
     assert parse_position_spec([0, -1], 5) == [0, 4]
-    for bad in ("last:0", "first:2", "5:2", 7, [0, 0], [1.5], ["a"], 2.0):
+    # out of range is an error, never a silent clamp (last:9 of 5 tokens would give 5 vectors)
+    for bad in ("last:0", "last:9", "0:9", "-9:", "first:2", "5:2", 7, [0, 0], [1.5], ["a"], 2.0):
         with pytest.raises(PositionError):
             parse_position_spec(bad, 5)
 

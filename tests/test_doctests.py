@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "activation_oracles", "activation_oracles.errors", "activation_oracles.layers", "activation_oracles.models",
+    "activation_oracles", "activation_oracles.errors", "activation_oracles.checks", "activation_oracles.layers", "activation_oracles.models",
     "activation_oracles.embedded", "activation_oracles.activations", "activation_oracles.capturing",
     "activation_oracles.config", "activation_oracles.prompt", "activation_oracles.adapters",
     "activation_oracles.oracle", "activation_oracles.loading", "activation_oracles.tiny", "activation_oracles.cli",

@@ -133,6 +133,7 @@ def test_all_contexts_longer_than_max_length_raises(tmp_path):
     trainer = Trainer(cfg, out_dir=tmp_path / "run")
     with pytest.raises(DataError, match="every example's context is longer than data.max_length=1"):
         trainer.train()
+    assert not (tmp_path / "run").exists()  # found out before the run folder and config.toml were written
 
 
 def test_output_dir_holding_another_run_is_refused_and_left_alone(tiny_run, tmp_path):

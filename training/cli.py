@@ -92,6 +92,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print(cfg.to_toml(), end="")
         return 0
+    # Checked before the model loads, so a bad --out or device fails in a second, with nothing written.
+    from ..checks import check_device, check_writable_dir
+
+    check_writable_dir("--out" if args.out else "output.dir", cfg.output.dir)
+    if cfg.model.device != "auto":
+        check_device(cfg.model.device)
     try:  # the per-tensor "Loading weights" bar is noise
         from transformers.utils import logging as hf_logging
 
@@ -120,9 +126,7 @@ def _finish_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m activation_oracles.training [options]`` (also under ``torchrun``)."""
-    import sys
-
-    from ..errors import AOError
+    from ..cli import run_command  # here, not at the top: activation_oracles.cli imports this module
 
     parser = argparse.ArgumentParser(prog="python -m activation_oracles.training",
                                      description="Train an activation oracle.", epilog=_EPILOG,
@@ -130,13 +134,4 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors.")
     args = parser.parse_args(argv)
-    try:
-        return cmd_train(args)
-    except AOError as exc:
-        if args.traceback:
-            raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return 130
+    return run_command(cmd_train, args)

@@ -218,10 +218,20 @@ class TrainConfig:
     def load(cls, path: str | Path, *, base: TrainConfig | None = None) -> TrainConfig:
         """Read a ``.toml``, ``.yaml``/``.yml`` or ``.json`` file (on top of ``base``)."""
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory; pass a TOML or YAML file "
+                              "(see `ao train --help`).")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist; pass a TOML or YAML file "
                               "(see `ao train --help`).")
-        text = p.read_text()
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} "
+                              f"at offset {exc.start}); expected a TOML, YAML or JSON file. Did you pass a binary "
+                              "file (a checkpoint, a .safetensors)?") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {str(p)!r} cannot be read ({exc.strerror or exc}).") from None
         suffix = p.suffix.lower()
         if suffix in (".yaml", ".yml"):
             return cls.from_yaml(text, base=base)
@@ -262,15 +272,17 @@ def validate(cfg: TrainConfig) -> None:
     need(m.dtype.lower() in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "model.dtype", m.dtype,
          "fp32, bf16 or fp16")
     need(lo.r >= 1, "lora.r", lo.r, "an integer >= 1")
-    need(lo.alpha > 0, "lora.alpha", lo.alpha, "a positive number")
+    # inf would pass "> 0" and scale every LoRA update to inf: the loss turns NaN at step 1 and the
+    # message would blame the learning rate.
+    need(lo.alpha > 0 and math.isfinite(lo.alpha), "lora.alpha", lo.alpha, "a positive finite number")
     need(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "a number in [0, 1)")
     need(len(lo.target_modules) >= 1 and all(t.strip() for t in lo.target_modules), "lora.target_modules",
          lo.target_modules, "'all-linear' or a list of module names")
     need(o.lr > 0 and math.isfinite(o.lr), "optim.lr", o.lr, "a positive finite number")
-    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    need(0 <= o.weight_decay < math.inf, "optim.weight_decay", o.weight_decay, "a finite number >= 0")
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
     need(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", o.warmup_fraction, "a number in [0, 1)")
-    need(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "a number >= 0 (0 = no clipping)")
+    need(0 <= o.grad_clip < math.inf, "optim.grad_clip", o.grad_clip, "a finite number >= 0 (0 = no clipping)")
     need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "an integer >= 1")
     need(o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, "an integer >= 1")
     need(o.steps >= 0, "optim.steps", o.steps, "an integer >= 0 (0 = from data.n_examples)")

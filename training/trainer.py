@@ -317,8 +317,15 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
 
     def start(self) -> None:
         """Prepare the output directory, resume if asked, print the config, start the data pipeline."""
+        self._check_data_fits()
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from ..errors import OutputWriteError
+
+                raise OutputWriteError(f"cannot create the output directory {str(self.out)!r}: "
+                                       f"{exc.strerror or exc}; pick a writable --out.") from None
         self._barrier()
         if self.resume:
             self._restore()
@@ -334,6 +341,32 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self._bar = _progress(self.total_steps, self.step, enabled=self.cfg.output.progress and self.dist.is_main)
         self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
         self._window.update(getattr(self, "_resumed_window", {}))  # a metric line may span the resume
+
+    def _check_data_fits(self) -> None:
+        """Fail before the run folder exists when no example passes the filters (e.g. ``data.max_length=1``).
+
+        The batch stream finds out only when it builds its first batch, after config.toml and
+        the logs are written; a look at the first examples of epoch 0 (normally the very first
+        one fits, so this costs one example) tells now.
+        """
+        skipped: dict[str, int] = {}
+        for ex in self._factory(0):
+            reason = self.stream._reject(ex)
+            if reason is None:
+                return
+            skipped[reason] = skipped.get(reason, 0) + 1
+            if sum(skipped.values()) >= self.stream.give_up_after:
+                break
+        if not skipped:
+            return  # an empty mixture: the stream's own error says so
+        d = self.cfg.data
+        if skipped.get("context_too_long"):
+            raise DataError(f"every example's context is longer than data.max_length={d.max_length} tokens (of "
+                            f"the first {sum(skipped.values())} examples, skipped: {skipped}); raise data.max_length "
+                            "or shorten the contexts (e.g. the builders' max_context_tokens). Nothing was written.")
+        raise DataError(f"no example passed the filters (of the first {sum(skipped.values())}, skipped: {skipped}); "
+                        f"raise data.max_positions (now {d.max_positions}) or data.max_length (now {d.max_length}), "
+                        "or check the data sources. Nothing was written.")
 
     def train_steps(self, n: int, record: list[StepInput] | None = None,
                     inputs: Iterator[StepInput] | None = None) -> None:
