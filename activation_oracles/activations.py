@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from .checks import check_input_file, check_int, check_output_file
-from .errors import (ActivationsFileError, ActivationsMismatchError, ArgumentTypeError, EmptyInputError,
-                     OutputWriteError, PositionError, UnsafeFileError)
+from .errors import (ActivationsFileError, ActivationsMismatchError, ArgumentError, ArgumentTypeError,
+                     EmptyInputError, OutputWriteError, PositionError, UnsafeFileError)
 
 _FORMAT = "activation_oracles.activations/1"
 
@@ -398,7 +398,7 @@ class Activations:
             )
         except ActivationsFileError:
             raise
-        except (ActivationsMismatchError, PositionError, EmptyInputError, ArgumentTypeError) as exc:
+        except (ActivationsMismatchError, PositionError, EmptyInputError, ArgumentError) as exc:
             raise ActivationsFileError(f"{str(path)!r}: its metadata does not fit its tensors ({exc}); the file is "
                                        "damaged or was not written by Activations.save(): capture it again.") from None
 

@@ -84,11 +84,10 @@ def check_path(name: str, value: Any) -> Path:
     if isinstance(value, (bytes, bytearray)) or not isinstance(value, (str, os.PathLike)):
         raise ArgumentTypeError(f"{name}={_shown(value)} ({type(value).__name__}); expected a path (str or "
                                 "pathlib.Path).")
-    path = Path(value)
-    if not str(path).strip():
+    if not os.fspath(value).strip():  # Path("") is ".": check the text given, not the path made of it
         raise ArgumentError(f"{name}={_shown(value)} is empty; expected a file path.")
-    check_text(name, str(path))
-    return path
+    # Lone surrogates are allowed here: they are how Python spells a filename's non-UTF-8 bytes.
+    return Path(value)
 
 
 def check_input_file(name: str, value: Any, what: str = "file") -> Path:

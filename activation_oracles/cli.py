@@ -123,6 +123,10 @@ def read_prompt(value: str, flag: str = "--prompt") -> str:
         except UnicodeDecodeError as exc:
             raise PromptError(f"{flag} - (stdin) holds bytes that are not UTF-8 ({data[exc.start:exc.start + 4]!r} "
                               f"at byte {exc.start}); convert the text to UTF-8 first, e.g. with iconv.") from None
+    if not value.strip():
+        from .errors import EmptyInputError
+
+        raise EmptyInputError(f"{flag} {value!r} is empty; pass some text (or '-' to read it from stdin).")
     try:
         check_text(flag, value)
     except PromptError:
