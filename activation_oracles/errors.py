@@ -168,3 +168,6 @@ class OutputWriteError(AOError, OSError):
 class CLIUsageError(AOError, ValueError):
     """A command-line argument is invalid in a way argparse cannot check (e.g. an output folder that is missing)."""
 
+
+class RemoteCodeError(UnsafeFileError):
+    """A model needs Python code from its repository (``auto_map`` / trust_remote_code); it is never run."""

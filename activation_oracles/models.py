@@ -24,8 +24,9 @@ import torch
 import torch.nn as nn
 
 from .embedded import EMBEDDED_NAME, embedded_dir
-from .errors import ModelSpecError, NotDecoderLMError, OfflineError
+from .errors import ModelSpecError, NotDecoderLMError, OfflineError, RemoteCodeError, UnsafeFileError
 from .layers import find_decoder_layers
+from .safe_files import check_model_files, check_model_folder, read_json_file
 
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
@@ -176,6 +177,31 @@ def _looks_like_hub_id(spec: str) -> bool:
         and not spec.startswith(("/", "~"))
 
 
+def _check_hub_repo(repo: str, local_files_only: bool) -> None:
+    """:mod:`.safe_files` checks on a hub repo: its cached snapshot, or its file list and configs online.
+
+    Offline, a snapshot that lacks safetensors weights may just be partly cached, so it raises
+    ``OSError`` (the caller then tries the hub) unless it asks for remote code, which is final.
+    """
+    import huggingface_hub as hub
+
+    if local_files_only:
+        snapshot = hub.snapshot_download(repo, local_files_only=True)  # LocalEntryNotFoundError is an OSError
+        try:
+            check_model_folder(snapshot)
+        except RemoteCodeError:
+            raise
+        except (UnsafeFileError, ModelSpecError) as exc:
+            raise OSError(f"{repo!r} is not fully cached ({exc})") from None
+        return
+    names = set(hub.list_repo_files(repo))
+
+    def read(name: str) -> Any:
+        return read_json_file(Path(hub.hf_hub_download(repo, name))) if name in names else None
+
+    check_model_files(names, repo, read)
+
+
 def load_model(spec: str | os.PathLike[str] = EMBEDDED_NAME, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device | None = None, layers_path: str | None = None) -> Model:
     """Load a decoder-only LM and its tokenizer.
@@ -186,6 +212,11 @@ def load_model(spec: str | os.PathLike[str] = EMBEDDED_NAME, *, dtype: str | tor
         dtype: e.g. ``"bf16"`` or ``torch.float32``; default float32.
         device: e.g. ``"cuda"``; default CPU.
         layers_path: dotted path to the decoder blocks when discovery cannot find them.
+
+    Only tensors are ever read: a folder or repo without ``model.safetensors`` (e.g. only a
+    pickled ``pytorch_model.bin``) raises :class:`~.errors.UnsafeFileError` and one whose
+    config needs the repo's own code (``auto_map``) raises :class:`~.errors.RemoteCodeError`,
+    both before transformers loads anything.
 
     >>> import activation_oracles as ao
     >>> ao.load_model("smollm2-135m").n_layers   # doctest: +SKIP
@@ -217,9 +248,17 @@ def load_model(spec: str | os.PathLike[str] = EMBEDDED_NAME, *, dtype: str | tor
             "('org/name'). Check the path, or use the embedded default 'smollm2-135m'."
         )
 
+    if local_only:
+        check_model_folder(folder)  # pickles and remote code are refused before transformers reads a byte
+
     def _load(local_files_only: bool) -> tuple[Any, Any]:
-        tok = AutoTokenizer.from_pretrained(folder, local_files_only=local_files_only)
-        mdl = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, local_files_only=local_files_only)
+        if not local_only:
+            _check_hub_repo(folder, local_files_only)
+        # Belt and braces after the checks: transformers may only read safetensors and never imports
+        # the repo's own Python files (trust_remote_code=False also means no [y/N] prompt).
+        kw = {"local_files_only": local_files_only, "trust_remote_code": False}
+        tok = AutoTokenizer.from_pretrained(folder, **kw)
+        mdl = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, use_safetensors=True, **kw)
         return tok, mdl
 
     if local_only:
