@@ -366,26 +366,66 @@ def _guess_format(paths: Any) -> str:
     return "text"
 
 
+def resolve_custom_kind(kind: str, where: str = "a data source") -> type:
+    """The class a ``"package.module:Class"`` kind names, checked to be a data source; never called here.
+
+    A config file is data, so the name it gives must not become an arbitrary call:
+    ``kind = "os:system"`` would otherwise run a shell command with the table's keys.
+    Only a class whose ``examples(tokenizer, rng)`` method makes it a
+    :class:`~.example.Builder` is accepted; anything else raises :class:`ConfigError`
+    before it is invoked.
+    """
+    import importlib
+    import inspect
+
+    from ..errors import ConfigError
+
+    fix = ("a custom kind must name a data-source class, 'package.module:Class', whose examples(tokenizer, rng) "
+           "method yields TrainingExample records (the Builder interface of activation_oracles.training.example)")
+    module_name, _, attr = kind.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{where}: kind={kind!r} is not 'package.module:Class'; {fix}.")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):  # "module:Outer.Inner" reaches a nested class
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{where}: kind={kind!r} cannot be imported ({exc}); {fix}.") from None
+    if not inspect.isclass(obj):
+        what = type(obj).__name__
+        raise ConfigError(f"{where}: kind={kind!r} names a {what}, not a class; it was not called. Only data-source "
+                          f"classes are accepted: {fix}.")
+    examples = inspect.getattr_static(obj, "examples", None)
+    if examples is None or not callable(getattr(obj, "examples", None)):
+        raise ConfigError(f"{where}: kind={kind!r} names the class {obj.__qualname__}, which has no examples() "
+                          f"method; it was not instantiated. {fix[0].upper()}{fix[1:]}.")
+    # (self,) tokenizer, rng: the call Mixture makes on every builder
+    args = (object(),) * (2 if isinstance(examples, (staticmethod, classmethod)) else 3)
+    try:
+        inspect.signature(obj.examples).bind(*args)
+    except TypeError:
+        raise ConfigError(f"{where}: kind={kind!r}: {obj.__qualname__}.examples{inspect.signature(obj.examples)} "
+                          f"cannot be called as examples(tokenizer, rng); {fix}.") from None
+    except ValueError:  # pragma: no cover - builtins without a signature
+        pass
+    return obj
+
+
 def build_builder(spec: Any, layer_percents: Sequence[float], *, where: str = "a data source", model: Any = None
                   ) -> Any:
     """The dataset builder a :class:`~.config.SourceSpec` describes.
 
-    ``kind`` is one of :data:`KINDS` or ``"package.module:factory"`` (called with the params).
+    ``kind`` is one of :data:`KINDS` or ``"package.module:Class"``, a data-source class (see
+    :func:`resolve_custom_kind`; instantiated with the params).
     ``layer_percents`` is passed to builders that take it unless the spec sets its own.
     ``model`` (the target) is needed by ``on_policy``.
     """
-    import importlib
-
     from ..errors import ConfigError
 
     params = _tuple_lists(dict(spec.params))
     kind = spec.kind
     if ":" in kind:
-        module_name, _, attr = kind.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{where}: kind={kind!r} cannot be imported ({exc}).") from None
+        factory = resolve_custom_kind(kind, where)
         import inspect
 
         try:
@@ -438,7 +478,7 @@ def build_builder(spec: Any, layer_percents: Sequence[float], *, where: str = "a
             raise ConfigError(f"{where}: system_prompt_qa needs qa_path=<qa.json> and dialogue_paths=[...].")
         return _call_checked(SystemPromptQA, params, where)
     raise ConfigError(f"{where}: kind={kind!r} is not known; expected one of {', '.join(KINDS)} or "
-                      "'package.module:factory'.")
+                      "'package.module:Class' (a data-source class with an examples(tokenizer, rng) method).")
 
 
 def _bind_source(cls: Any, source: Any) -> Callable[..., Any]:
