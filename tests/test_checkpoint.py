@@ -35,10 +35,11 @@ OVERRIDES = [f"optim.steps={STEPS}", f"checkpoint.every={EVERY}", "checkpoint.ke
 def test_save_and_load_round_trip(tmp_path):
     state = {"w": torch.arange(4.0), "step": 7, "nested": {"a": [1, 2.5, "x", None], "t": (1, 2)}}
     path = ckpt.save_checkpoint(tmp_path, 7, state)
-    assert path.name == "step_00000007.pt" and path.with_suffix(".json").is_file()
+    assert path.name == "step_00000007.safetensors" and path.with_suffix(".json").is_file()
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp files left
     step, loaded = ckpt.load_latest(tmp_path)
     assert step == 7 and torch.equal(loaded["w"], state["w"]) and loaded["nested"]["a"] == [1, 2.5, "x", None]
+    assert loaded["nested"]["t"] == (1, 2)
     manifest = json.loads(path.with_suffix(".json").read_text())
     assert manifest["step"] == 7 and len(manifest["sha256"]) == 64 and manifest["bytes"] == path.stat().st_size
 
@@ -53,14 +54,14 @@ def test_prune_keeps_the_newest(tmp_path):
 def test_corrupted_latest_falls_back_to_the_previous(tmp_path):
     for step in (10, 20):
         ckpt.save_checkpoint(tmp_path, step, {"step": step, "w": torch.full((64,), float(step))})
-    latest = tmp_path / "checkpoints" / "step_00000020.pt"
+    latest = tmp_path / "checkpoints" / "step_00000020.safetensors"
     data = bytearray(latest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     latest.write_bytes(bytes(data))
     reports: list[str] = []
     step, state = ckpt.load_latest(tmp_path, report=reports.append)
     assert step == 10 and state["w"][0] == 10
-    assert any("step_00000020.pt is corrupted" in r for r in reports)
+    assert any("step_00000020.safetensors is corrupted" in r for r in reports)
     assert any("previous valid checkpoint, step 10" in r for r in reports)
 
 
@@ -76,7 +77,7 @@ def test_incomplete_checkpoint_without_manifest_is_skipped(tmp_path):
 def test_no_valid_checkpoint_raises(tmp_path):
     assert ckpt.load_latest(tmp_path) is None
     ckpt.save_checkpoint(tmp_path, 5, {"step": 5})
-    (tmp_path / "checkpoints" / "step_00000005.pt").write_bytes(b"garbage")
+    (tmp_path / "checkpoints" / "step_00000005.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no valid checkpoint.*corrupted"):
         ckpt.load_latest(tmp_path, report=lambda msg: None)
 
@@ -86,17 +87,20 @@ class Evil:
         return (os.system, ("echo pwned",))
 
 
-def test_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
+def test_old_pickle_checkpoint_is_refused_unopened(tmp_path):
+    """A ``step_*.pt`` (torch.save) checkpoint of an older version is reported, never unpickled."""
     buf = io.BytesIO()
     torch.save({"step": 1, "x": OrderedDict(a=Evil())}, buf)
     ckpt.atomic_write_bytes(tmp_path / "checkpoints" / "step_00000001.pt", buf.getvalue())
     import hashlib
 
-    manifest = {"format": ckpt.FORMAT, "step": 1, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+    manifest = {"format": 1, "step": 1, "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
                 "bytes": len(buf.getvalue())}
     (tmp_path / "checkpoints" / "step_00000001.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="cannot be read safely"):
+    with pytest.raises(CheckpointError, match="older version.*cannot be resumed safely"):
         ckpt.load_checkpoint(tmp_path / "checkpoints" / "step_00000001.pt")
+    with pytest.raises(CheckpointError, match="no valid checkpoint.*older version"):
+        ckpt.load_latest(tmp_path, report=lambda msg: None)
 
 
 def test_rng_state_round_trips(tmp_path):
