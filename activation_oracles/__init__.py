@@ -26,6 +26,7 @@ _LAZY = {
     "ActivationOracle": "oracle",
     "OracleConfig": "config",
     "load_oracle": "oracle",
+    "unload_oracle": "loading",
     "AOError": "errors",
     "errors": None,
     "hooks": None,

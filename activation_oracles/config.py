@@ -127,10 +127,15 @@ class OracleConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OracleConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"an oracle config must be a JSON object of settings, got a {type(data).__name__}; "
+                              "expected an oracle_config.json as written by `ao train`.")
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - valid)
         if unknown:
             raise ConfigError(f"unknown oracle config keys {unknown}; valid keys are {sorted(valid)}.")
+        for key, value in data.items():
+            _check_type(key, value)
         if "system_prompt" not in data:  # written before the setting existed: trained with the template's default
             data = {**data, "system_prompt": None}
         return cls(**data)
@@ -142,6 +147,55 @@ class OracleConfig:
     def load(cls, path: str | Path) -> OracleConfig:
         try:
             data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{str(path)!r} is not valid JSON ({exc}); expected an oracle_config.json.") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{str(path)!r}: {exc}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_vectors(v: Any) -> bool:
+    """``{layer: [numbers]}``, the layer as an int or (after JSON) a string of one."""
+    return isinstance(v, dict) and all(
+        (_is_int(k) or (isinstance(k, str) and k.lstrip("-").isdigit()))
+        and isinstance(x, (list, tuple)) and all(_is_num(e) for e in x) for k, x in v.items())
+
+
+# What each field of an oracle_config.json must be (a file is data from elsewhere: wrong types must not
+# reach the code as, e.g., a string where a layer index is expected).
+_TYPES: dict[str, tuple[Any, str]] = {
+    "base_model": (lambda v: isinstance(v, str), "a string"),
+    "n_layers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "d_model": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "source_layer_percents": (lambda v: isinstance(v, (list, tuple)) and all(_is_num(x) for x in v),
+                              "a list of numbers"),
+    "injection_layer": (_is_int, "an integer"),
+    "mode": (lambda v: isinstance(v, str), "a string"),
+    "coeff": (lambda v: _is_num(v) and math.isfinite(v), "a finite number"),
+    "placeholder": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "prompt_template": (lambda v: isinstance(v, str), "a string"),
+    "activation_means": (lambda v: v is None or _is_vectors(v), "null or an object of layer -> list of numbers"),
+    "activation_scales": (lambda v: v is None or _is_vectors(v), "null or an object of layer -> list of numbers"),
+    "system_prompt": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "max_positions": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "adapter_name": (lambda v: isinstance(v, str) and v != "" and "." not in v,
+                     "a non-empty string without dots (a PEFT adapter name)"),
+    "training": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "lora": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+}
+
+
+def _check_type(key: str, value: Any) -> None:
+    check, expected = _TYPES[key]
+    if not check(value):
+        raise ConfigError(f"oracle config field {key!r} is {value!r} ({type(value).__name__}); expected {expected}. "
+                          "Fix the value in oracle_config.json, or re-export the oracle with `ao train`.")

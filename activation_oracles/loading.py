@@ -1,8 +1,12 @@
 """Open an oracle directory (LoRA adapter + ``oracle_config.json``) safely.
 
 Everything is checked before any weight is attached: the files exist, are
-safetensors (never a pickle), are complete, and fit the base model's shapes.
-A failed check raises and leaves the base model untouched.
+safetensors (never a pickle), are complete, every field of both JSON files has
+the right type, the adapter is plain LoRA (nothing that rewrites base weights),
+and its ranks, target modules and shapes fit the base model. A failed check
+raises and leaves the base model untouched; a failure while attaching removes
+every LoRA layer it added, so the base is bit-identical to before.
+``unload_oracle`` detaches a loaded oracle from a shared base.
 
 >>> import activation_oracles as ao
 >>> oracle = ao.load_oracle("path/to/oracle_dir")                 # doctest: +SKIP
@@ -12,19 +16,21 @@ A failed check raises and leaves the base model untouched.
 
 from __future__ import annotations
 
-import json
 import os
+import re
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .adapters import adapter_names, park_adapters
+from .adapter_checks import (
+    ADAPTER_CONFIG, ADAPTER_FILE, IGNORED, AdapterIndex, check_adapter_fits, load_adapter_tensors, read_adapter_index,
+)
+from .adapters import adapter_names, park_adapters, tuner_layers
 from .config import OracleConfig
 from .errors import AdapterError, OracleNotAvailableError, UnsafeFileError
 from .models import Model, as_model, load_model
 
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 ORACLE_CONFIG = "oracle_config.json"
 _PICKLE_NAMES = ("adapter_model.bin", "pytorch_model.bin", "adapter_model.pt", "adapter_model.pth")
 SHIPPED = ("smollm2-135m",)
@@ -47,49 +53,6 @@ def _check_files(folder: Path) -> None:
                                f"{ADAPTER_CONFIG} and {ADAPTER_FILE} (as written by `ao train`).")
 
 
-def _read_adapter(folder: Path) -> dict[str, Any]:
-    """Load the adapter tensors fully (so a truncated file fails here, before anything is attached)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / ADAPTER_FILE
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] == b"\x80" or head == b"PK":
-        raise UnsafeFileError(f"{str(path)!r} is a pickle / torch.save file named .safetensors; refusing to load it.")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise AdapterError(f"adapter file {str(path)!r} is unreadable or truncated ({exc}); re-copy or re-train "
-                           "the oracle.") from None
-
-
-def _check_shapes(base: Model, tensors: dict[str, Any], folder: Path) -> None:
-    """Every LoRA matrix must fit the base module it targets."""
-    modules = dict(base.hf.named_modules())
-    for key, tensor in tensors.items():
-        if ".lora_A" not in key and ".lora_B" not in key:
-            continue
-        path = key.split(".lora_")[0]
-        for prefix in ("base_model.model.", ""):
-            candidate = path[len(prefix):] if path.startswith(prefix) else None
-            if candidate is not None and candidate in modules:
-                module = modules[candidate]
-                break
-        else:
-            raise AdapterError(f"adapter {str(folder)!r} targets module {path!r}, which {base.name!r} does not "
-                               "have; the adapter was made for another base model.")
-        base_layer = getattr(module, "base_layer", module)
-        in_f = getattr(base_layer, "in_features", None)
-        out_f = getattr(base_layer, "out_features", None)
-        if ".lora_A" in key and in_f is not None and tensor.shape[-1] != in_f:
-            raise AdapterError(f"adapter {str(folder)!r}: {key} has input width {tensor.shape[-1]} but "
-                               f"{base.name!r}'s {candidate} takes {in_f}; the adapter was made for another base model.")
-        if ".lora_B" in key and out_f is not None and tensor.shape[0] != out_f:
-            raise AdapterError(f"adapter {str(folder)!r}: {key} has output width {tensor.shape[0]} but "
-                               f"{base.name!r}'s {candidate} gives {out_f}; the adapter was made for another base model.")
-
-
 def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = None, device: Any = None):
     """Load an activation oracle.
 
@@ -104,6 +67,10 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
 
     Returns:
         An :class:`~activation_oracles.ActivationOracle`.
+
+    Raises:
+        ConfigError / AdapterError naming the bad field or tensor, UnsafeFileError for pickles;
+        in every case before ``base`` is changed. ``ao.unload_oracle(oracle)`` detaches it again.
     """
     from .oracle import ActivationOracle
 
@@ -124,12 +91,10 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
             raise AdapterError(f"oracle spec {spec_str!r} is neither a shipped oracle {SHIPPED} nor an existing "
                                "directory; pass the directory written by `ao train`.")
     _check_files(folder)
+    # Everything on disk is read and checked before the base model is loaded or touched.
     config = OracleConfig.load(folder / ORACLE_CONFIG)
-    tensors = _read_adapter(folder)
-    try:
-        adapter_cfg = json.loads((folder / ADAPTER_CONFIG).read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{str(folder / ADAPTER_CONFIG)!r} is not valid JSON ({exc}).") from None
+    index = read_adapter_index(folder)
+    tensors = load_adapter_tensors(index)
 
     if base is None:
         base_model = load_model(config.base_model, dtype=dtype, device=device)
@@ -141,8 +106,7 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
             f"oracle {str(folder)!r} was trained on {config.base_model!r} (n_layers={config.n_layers}, "
             f"d_model={config.d_model}) but the base given is {base_model.name!r} (n_layers={base_model.n_layers}, "
             f"d_model={base_model.d_model}); load the oracle on its own base model.")
-    _check_shapes(base_model, tensors, folder)
-    _attach(base_model, folder, config.adapter_name, adapter_cfg)
+    attach_adapter(base_model, folder, config.adapter_name, index=index, tensors=tensors)
     park_adapters(base_model.hf)  # the shared model acts as its base outside oracle calls
     oracle_model = Model(hf=base_model.hf, tokenizer=base_model.tokenizer, layers=base_model.layers,
                          layers_path=base_model.layers_path, name=base_model.name, n_layers=base_model.n_layers,
@@ -150,25 +114,162 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
     return ActivationOracle(oracle_model, config, adapter=config.adapter_name)
 
 
-def _attach(base: Model, folder: Path, name: str, adapter_cfg: dict[str, Any]) -> None:
-    """Add the adapter to ``base.hf`` in place under ``name`` (PEFT's own loader, safetensors only)."""
-    from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+def unload_oracle(oracle: Any) -> None:
+    """Detach a loaded oracle's adapter from its (possibly shared) base model.
 
+    Every LoRA layer the oracle added is removed, so a base that carried no other adapter
+    is structurally the model it was before :func:`load_oracle` (same modules, same
+    ``state_dict``). The oracle object cannot answer afterwards; load it again to use it.
+
+    >>> import activation_oracles as ao
+    >>> target = ao.load_model("smollm2-135m")                        # doctest: +SKIP
+    >>> oracle = ao.load_oracle("path/to/oracle_dir", base=target)    # doctest: +SKIP
+    >>> ao.unload_oracle(oracle)                                      # doctest: +SKIP
+    """
+    name = getattr(oracle, "adapter", None)
+    model = getattr(oracle, "model", None)
+    if name is None or model is None:
+        raise AdapterError(f"{oracle!r} has no adapter to unload (an untrained oracle uses the bare base model); "
+                           "pass an oracle returned by ao.load_oracle(...).")
+    if name not in adapter_names(model.hf):
+        raise AdapterError(f"adapter {name!r} is not loaded on {model.name!r} (already unloaded?); loaded adapters "
+                           f"are {sorted(adapter_names(model.hf))}.")
+    remove_adapter(model.hf, name)
+
+
+def attach_adapter(base: Model, folder: Path, name: str, *, index: AdapterIndex | None = None,
+                   tensors: dict[str, Any] | None = None) -> None:
+    """Add the LoRA adapter in ``folder`` to ``base.hf`` in place under ``name``, all or nothing.
+
+    The folder is checked completely first (:mod:`.adapter_checks`); if attaching still fails,
+    every LoRA layer added is removed again and flags put back, so ``base`` is as it was
+    (its ``state_dict``, modules and outputs) and a retry starts clean.
+    """
+    index = index if index is not None else read_adapter_index(folder)
+    check_adapter_fits(index, base.hf, base.name)
+    if not isinstance(name, str) or not name or "." in name:
+        raise AdapterError(f"adapter name {name!r} is not usable as a PEFT adapter name; expected a non-empty "
+                           "string without dots.")
     if name in adapter_names(base.hf):
         raise AdapterError(f"an adapter named {name!r} is already loaded on {base.name!r}; load the oracle on a "
-                           "fresh base model or give it another adapter_name in oracle_config.json.")
-    if isinstance(base.hf, PeftModel):
-        base.hf.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-        return
-    # Inject into the plain model so the caller's object itself carries the adapter (one copy of weights).
-    cfg_fields = {k: v for k, v in adapter_cfg.items() if k in LoraConfig.__dataclass_fields__}
-    lora_cfg = LoraConfig(**cfg_fields)
-    inject_adapter_in_model(lora_cfg, base.hf, adapter_name=name)
-    state = load_file(str(folder / ADAPTER_FILE))
-    state = {k.removeprefix("base_model.model."): v for k, v in state.items()}
-    result = set_peft_model_state_dict(base.hf, state, adapter_name=name)
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora" in k]
-    if unexpected:
-        raise AdapterError(f"adapter {str(folder)!r} holds weights the model has no place for: {unexpected[:3]}...")
-    base.hf.to(next(base.hf.parameters()).device)
+                           "fresh base model, unload the other one (ao.unload_oracle), or give it another "
+                           "adapter_name in oracle_config.json.")
+    tensors = tensors if tensors is not None else load_adapter_tensors(index)
+    before = _Before(base.hf)
+    try:
+        _inject(base.hf, name, index.config, tensors)
+    except BaseException:
+        before.restore(name)
+        raise
+    # LoRA injection freezes every other parameter; the caller's training flags are theirs to keep.
+    before.restore_flags()
+
+
+def _inject(hf: Any, name: str, adapter_cfg: dict[str, Any], tensors: dict[str, Any]) -> None:
+    import torch
+    from peft import LoraConfig, PeftModel, inject_adapter_in_model, set_peft_model_state_dict
+
+    fields = {k: v for k, v in adapter_cfg.items() if k in LoraConfig.__dataclass_fields__ and k not in IGNORED}
+    lora_cfg = LoraConfig(**{**fields, "inference_mode": True})
+    cuda = sorted({p.device.index or 0 for p in hf.parameters() if p.device.type == "cuda"})
+    # PEFT initialises the new matrices (drawing random numbers) before the file's values replace
+    # them; a forked RNG keeps the caller's random stream where it was.
+    with torch.random.fork_rng(devices=cuda), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        warnings.filterwarnings("ignore", message=".*Already found a `peft_config` attribute.*")  # shared bases
+        if isinstance(hf, PeftModel):
+            hf.add_adapter(name, lora_cfg)
+            state = dict(tensors)
+        else:
+            # Inject into the plain model so the caller's object itself carries the adapter (one copy of weights).
+            inject_adapter_in_model(lora_cfg, hf, adapter_name=name)
+            state = {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
+        set_peft_model_state_dict(hf, state, adapter_name=name)
+    # Every tensor of the file must now be in the model, value for value (PEFT skips keys it cannot place).
+    params = dict(hf.named_parameters())
+    for key, value in state.items():
+        target = _ADAPTER_KEY.sub(rf"\g<part>.{name}\g<leaf>", key)
+        got = params.get(target)
+        if got is None or got.shape != value.shape or not torch.equal(got.detach().cpu(), value.to(got.dtype)):
+            raise AdapterError(f"adapter tensor {key!r} did not load into the model (expected parameter {target!r}); "
+                               "the adapter does not fit this model.")
+
+
+_ADAPTER_KEY = re.compile(r"(?P<part>\.lora_(?:embedding_)?[AB])(?P<leaf>\.weight|\.bias)?$")
+
+
+def _layer_adapters(layer: Any) -> set[str]:
+    names: set[str] = set()
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        table = getattr(layer, attr, None)
+        if hasattr(table, "keys"):
+            names.update(table.keys())
+    return names
+
+
+def remove_adapter(hf: Any, name: str, *, keep: frozenset[int] = frozenset()) -> None:
+    """Delete adapter ``name`` from every LoRA layer of ``hf``; unwrap layers left with no adapter.
+
+    ``keep`` holds ids of LoRA layers that existed before (never unwrapped, even when empty).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # PEFT's delete re-activates another adapter on each layer (and makes it trainable): put the
+    # remaining adapters' switches and flags back as they were.
+    layers = [(layer, bool(layer.disable_adapters), [a for a in layer.active_adapters if a != name])
+              for layer in tuner_layers(hf)]
+    flags = [(p, p.requires_grad) for p in hf.parameters()]
+    with warnings.catch_warnings():  # PEFT warns when the deleted adapter was the active one
+        warnings.simplefilter("ignore")
+        for layer, _, _ in layers:
+            if name in _layer_adapters(layer):
+                layer.delete_adapter(name)
+        for layer, disabled, active in layers:
+            if active:
+                layer.set_adapter(active)
+            layer.enable_adapters(not disabled)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+    for parent in list(hf.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer) and id(child) not in keep and not _layer_adapters(child):
+                setattr(parent, child_name, child.get_base_layer())  # the caller's own module object again
+    table = getattr(hf, "peft_config", None)
+    if isinstance(table, dict):
+        table.pop(name, None)
+        if not table and "peft_config" in vars(hf):  # PEFT put it on the caller's plain model; leave none behind
+            del vars(hf)["peft_config"]
+
+
+class _Before:
+    """What attaching may change on the caller's model, recorded so a failure can put it back."""
+
+    def __init__(self, hf: Any) -> None:
+        self.hf = hf
+        self.layers = [(layer, bool(layer.disable_adapters), list(layer.active_adapters)) for layer in tuner_layers(hf)]
+        self.flags = [(p, p.requires_grad) for p in hf.parameters()]
+        self.modes = [(m, m.training) for m in hf.modules()]
+        self.had_config = "peft_config" in vars(hf)
+        self.config = vars(hf).get("peft_config")
+        self.config_items = dict(self.config) if isinstance(self.config, dict) else None
+
+    def restore_flags(self) -> None:
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+
+    def restore(self, name: str) -> None:
+        remove_adapter(self.hf, name, keep=frozenset(id(layer) for layer, _, _ in self.layers))
+        for layer, disabled, active in self.layers:
+            if active:
+                layer.set_adapter(active)
+            layer.enable_adapters(not disabled)
+        self.restore_flags()
+        for m, mode in self.modes:
+            m.training = mode
+        if self.had_config:
+            vars(self.hf)["peft_config"] = self.config
+            if isinstance(self.config, dict) and self.config_items is not None:
+                self.config.clear()
+                self.config.update(self.config_items)
+        else:
+            vars(self.hf).pop("peft_config", None)

@@ -446,21 +446,21 @@ def load_organism(path: str | os.PathLike[str], *, base: Any = None) -> Organism
     The adapter gets the name ``organism_<name>`` and is parked (off) outside the
     organism's helpers, so the base keeps acting as the base model.
     """
+    from activation_oracles.adapter_checks import check_adapter_fits, read_adapter_index
     from activation_oracles.adapters import adapter_names, park_adapters
-    from activation_oracles.loading import _attach, _check_shapes, _read_adapter
+    from activation_oracles.loading import attach_adapter
 
     folder = Path(path)
     card = read_card(folder)
     model = load_base(card["base_model"]) if base is None else as_model(base)
     check_same_base(card, {"base_model": None, "n_layers": model.n_layers, "d_model": model.d_model},
                     f"organism {card['name']!r} and the base model given")
-    tensors = _read_adapter(folder)
-    _check_shapes(model, tensors, folder)
+    index = read_adapter_index(folder)  # config and tensor index checked, before the model is touched
+    check_adapter_fits(index, model.hf, model.name)
     adapter = "organism_" + re.sub(r"\W", "_", str(card["name"]))  # module-dict keys take no dots
     if adapter in adapter_names(model.hf):
         return Organism(model=model, adapter=adapter, card=card, path=folder)
-    acfg = json.loads((folder / ADAPTER_CONFIG).read_text())
-    _attach(model, folder, adapter, acfg)
+    attach_adapter(model, folder, adapter, index=index)  # all or nothing
     park_adapters(model.hf)
     return Organism(model=model, adapter=adapter, card=card, path=folder)
 
