@@ -67,6 +67,30 @@ def use_adapter(module: nn.Module, name: str | None) -> Iterator[None]:
             layer.enable_adapters(not disabled)
 
 
+@contextmanager
+def inference_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block (no dropout), then each one's own mode back.
+
+    A LoRA adapter attached with dropout (``lora_dropout > 0``) starts in training mode, so
+    without this an oracle's answers would change from call to call.
+
+    >>> m = nn.Sequential(nn.Dropout(0.5)).train()
+    >>> with inference_mode(m):
+    ...     m[0].training
+    False
+    >>> m[0].training
+    True
+    """
+    saved = [(m, m.training) for m in module.modules()]
+    try:
+        for m, _ in saved:
+            m.training = False
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
 def park_adapters(module: nn.Module) -> None:
     """Turn every adapter off so the shared model behaves as its base outside ``use_adapter`` blocks."""
     for layer in tuner_layers(module):

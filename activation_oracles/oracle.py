@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .activations import Activations
-from .adapters import use_adapter
+from .adapters import inference_mode, use_adapter
 from .checks import check_bool, check_int, check_optional_int, check_real, check_text
 from .config import OracleConfig
 from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
@@ -103,9 +103,10 @@ class ActivationOracle:
 
     @contextmanager
     def _session(self, items: Sequence[_Item]) -> Iterator[None]:
-        """Adapter on, injection armed for these rows (prefill only), no grad."""
+        """Adapter on, injection armed for these rows (prefill only), no grad, no dropout."""
         with ExitStack() as stack:
             stack.enter_context(torch.no_grad())
+            stack.enter_context(inference_mode(self.model.hf))
             stack.enter_context(use_adapter(self.model.hf, self.adapter))
             stack.enter_context(inject_residuals(
                 self.model, self.config.injection_layer, [list(it.prompt.positions) for it in items],
@@ -266,7 +267,7 @@ class ActivationOracle:
         batch_cache = copy.deepcopy(cache)
         if len(items) > 1:
             batch_cache.batch_repeat_interleave(len(items))
-        with torch.no_grad(), use_adapter(self.model.hf, self.adapter):
+        with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
             out = self.model.hf.generate(input_ids=ids, attention_mask=mask, **{_cache_kwarg(self.model.hf): batch_cache},
                                          **self._gen_kwargs(max_new_tokens, temperature, extra))
         return [self._decode(row[ids.shape[1]:]) for row in out]
@@ -332,7 +333,7 @@ class ActivationOracle:
             if len(answers) > 1:
                 batch_cache.batch_repeat_interleave(len(answers))
             # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
-            with torch.no_grad(), use_adapter(self.model.hf, self.adapter):
+            with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
                 logits = self.model.hf(input_ids=rows[:, :-1], attention_mask=mask[:, :-1],
                                        **{_cache_kwarg(self.model.hf): batch_cache}).logits
             logp = torch.log_softmax(logits.float(), dim=-1)

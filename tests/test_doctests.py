@@ -27,7 +27,8 @@ MODULES = [
     "activation_oracles.evals.classification_audit", "activation_oracles.evals.diffing",
     "activation_oracles.evals.truthfulqa_audit", "activation_oracles.evals.misalignment",
     "activation_oracles.evals.subliminal",
-    "activation_oracles.evals.trait_audits",
+    "activation_oracles.evals.trait_audits", "activation_oracles.safe_files", "activation_oracles.adapter_checks",
+    "activation_oracles.demo", "activation_oracles.training.evaluate", "activation_oracles.evals.learning_curve",
 ]
 
 

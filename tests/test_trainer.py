@@ -273,3 +273,39 @@ def test_separate_target_model_and_overwrite(tmp_path):
     assert not (tmp_path / "run" / "oracle_config.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     del again
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_training_loss_is_minus_choose_logprob_and_prompts_agree(tmp_path, standardize):
+    """What the trainer optimises is what ``choose`` scores: same prompt tokens, same vectors, same loss."""
+    import activation_oracles as ao
+    from activation_oracles.tiny import tiny_model
+    from activation_oracles.training.batching import make_micro
+    from activation_oracles.training.trainer import Trainer
+
+    sets = ["optim.steps=3", "eval.n_examples=0", "checkpoint.every=0"]
+    if standardize:
+        sets += ["model.center_activations=true", "model.standardize_activations=true"]
+    trainer = Trainer(apply_overrides(quiet(preset("tiny")), sets), out_dir=tmp_path / "run")
+    result = trainer.train()  # a few steps, so the adapter is not the zero update it starts as
+    text, question = "A fox crossed the snowy road at dawn.", "Does this text mention an animal?"
+    ids = tuple(trainer.tokenizer(text, add_special_tokens=False)["input_ids"])
+    positions = (len(ids) - 3, len(ids) - 1)
+    target = tiny_model(n_layers=4, d_model=64, tokenizer=trainer.tokenizer)  # the trainer's target, rebuilt
+    oracle = ao.load_oracle(result.out_dir, base=target)
+    for answer in ("Yes", "No"):
+        ex = TrainingExample(context_ids=ids, positions=positions, layer_percent=50, question=question,
+                             answer=answer, source="check")
+        (item,) = trainer.prepare([ex])
+        trainer.peft.eval()
+        with torch.no_grad():
+            mb = make_micro([item], trainer.pad_id)
+            loss = float(trainer.oracle_loss_sum(mb, trainer.target_vectors(mb)))
+        acts = ao.capture(target, text, chat=False, layers=item.layer, positions=list(positions))
+        assert acts.token_ids == ids
+        built = oracle._item(acts, question, None)
+        prompt_len = len(item.oracle_ids) - item.n_answer
+        assert tuple(built.prompt.input_ids) == item.oracle_ids[:prompt_len]
+        assert tuple(built.prompt.positions) == item.placeholder_positions
+        logp = oracle.choice_logprobs(acts, question, ["Yes", "No"])[answer]
+        assert abs(loss + logp) < 1e-4, (answer, loss, logp)

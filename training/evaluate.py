@@ -72,7 +72,8 @@ class Evaluation:
         n_tok = 0
         yes_no: list[bool] = []
         exact: list[bool] = []
-        per_source: dict[str, list[bool]] = {}
+        per_source: dict[tuple[str, str], list[bool]] = {}
+        controls: dict[str, list[bool]] = {"shuffled": [], "coeff0": []}
         try:
             for start in range(0, len(items), bs):
                 chunk = items[start:start + bs]
@@ -82,16 +83,29 @@ class Evaluation:
                 n_tok += sum(p.n_answer for p in chunk)
                 yn = [(i, p) for i, p in enumerate(chunk) if _yes_no(p.answer) is not None]
                 if yn:
-                    for (i, p), ok in zip(yn, self._choose_yes_no([p for _, p in yn], [vectors[i] for i, _ in yn])):
+                    yn_items, yn_vecs = [p for _, p in yn], [vectors[i] for i, _ in yn]
+                    for (i, p), ok in zip(yn, self._choose_yes_no(yn_items, yn_vecs)):
                         yes_no.append(ok)
-                        per_source.setdefault(p.source, []).append(ok)
+                        per_source.setdefault((p.source, ""), []).append(ok)
+                    # The card's two controls, cheaply: another item's vectors (the next item in the chunk
+                    # with as many positions, so the prompt's placeholders still match) and no injection
+                    # at all (coeff 0). A reading oracle beats both.
+                    pairs = _shift_donors([v.shape[0] for v in yn_vecs])
+                    if pairs:
+                        shuffled = self._choose_yes_no([yn_items[i] for i, _ in pairs], [yn_vecs[d] for _, d in pairs])
+                        for (i, _), ok in zip(pairs, shuffled):
+                            controls["shuffled"].append(ok)
+                            per_source.setdefault((yn_items[i].source, "_shuffled"), []).append(ok)
+                    for p, ok in zip(yn_items, self._choose_yes_no(yn_items, yn_vecs, coeff=0.0)):
+                        controls["coeff0"].append(ok)
+                        per_source.setdefault((p.source, "_coeff0"), []).append(ok)
                 gen = [(i, p) for i, p in enumerate(chunk) if _yes_no(p.answer) is None]
                 if gen:
                     texts = self._generate([p for _, p in gen], [vectors[i] for i, _ in gen])
                     for (i, p), text in zip(gen, texts):
                         ok = _norm(text) == _norm(p.answer)
                         exact.append(ok)
-                        per_source.setdefault(p.source, []).append(ok)
+                        per_source.setdefault((p.source, ""), []).append(ok)
         finally:
             if was_training:
                 self.peft.train()
@@ -99,15 +113,22 @@ class Evaluation:
         if yes_no:
             out["eval/yes_no_acc"] = sum(yes_no) / len(yes_no)
             out["eval/n_yes_no"] = len(yes_no)
+        for name, oks in controls.items():
+            if oks:
+                out[f"eval/yes_no_acc_{name}"] = sum(oks) / len(oks)
         if exact:
             out["eval/exact_match"] = sum(exact) / len(exact)
             out["eval/n_exact"] = len(exact)
-        for source, oks in sorted(per_source.items()):
-            out[f"eval/{source}/acc"] = sum(oks) / len(oks)
+        for (source, control), oks in sorted(per_source.items()):
+            out[f"eval/{source}/acc{control}"] = sum(oks) / len(oks)
         return out
 
-    def _choose_yes_no(self, items: list[Prepared], vectors: list[torch.Tensor]) -> list[bool]:
-        """For each item, is the log-prob of its own answer higher than that of the opposite answer?"""
+    def _choose_yes_no(self, items: list[Prepared], vectors: list[torch.Tensor],
+                       coeff: float | None = None) -> list[bool]:
+        """For each item, is the log-prob of its own answer higher than that of the opposite answer?
+
+        ``coeff`` overrides the oracle's injection coefficient (0: the coeff0 control).
+        """
         rows: list[Prepared] = []
         vecs: list[torch.Tensor] = []
         for p, v in zip(items, vectors):
@@ -120,7 +141,7 @@ class Evaluation:
         batch = collate_oracle(rows, self.pad_id)
         with self._autocast(), inject_residuals(self.oracle, self.cfg.model.injection_layer,
                                                 batch.placeholder_positions, vecs, mode=self.oracle_config.mode,
-                                                coeff=self.oracle_config.coeff):
+                                                coeff=self.oracle_config.coeff if coeff is None else coeff):
             logits = self.peft(input_ids=self._to_device(batch.input_ids),
                                attention_mask=self._to_device(batch.attention_mask),
                                position_ids=self._to_device(batch.position_ids), logits_to_keep=batch.keep,
@@ -179,6 +200,20 @@ class Evaluation:
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                      if k.count("/") == 1}
             self._info(f"step {self.step} eval: {shown}")
+
+
+def _shift_donors(lengths: list[int]) -> list[tuple[int, int]]:
+    """(item, donor) pairs: each item's donor is the next other item (cyclically) with the same length.
+
+    >>> _shift_donors([1, 3, 1, 1, 3, 2])
+    [(0, 2), (1, 4), (2, 3), (3, 0), (4, 1)]
+    """
+    out = []
+    for i, n in enumerate(lengths):
+        same = [j for j, m in enumerate(lengths) if m == n]
+        if len(same) > 1:
+            out.append((i, same[(same.index(i) + 1) % len(same)]))
+    return out
 
 
 def _yes_no(answer: str) -> bool | None:
