@@ -82,9 +82,10 @@ def _convert(source: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(source.parent), source.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                     trust_remote_code=False)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     config.name_or_path = EMBEDDED_HF_NAME
     # Rebuild a plain (unquantized-flagged) model with identical weights.
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

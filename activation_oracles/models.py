@@ -224,7 +224,10 @@ def load_model(spec: str | os.PathLike[str] = EMBEDDED_NAME, *, dtype: str | tor
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .checks import check_device
+
     torch_dtype = resolve_dtype(dtype) or torch.float32
+    device = check_device(device)  # before any weights load: torch would fail halfway, with an AssertionError
     spec_str = os.fspath(spec)
     if not spec_str.strip():
         raise ModelSpecError("model spec is empty; pass 'smollm2-135m', a local directory or a hub id.")

@@ -305,7 +305,7 @@ def evaluate_oracle(oracle: Any, target: Any, *, data_dir: str | os.PathLike[str
             correct = [r["correct"] for r in per_method[method]]
             rows.append(_row(es.name, method, correct, es.chance))
             say(f"[oracle_card]   {method}: {rows[-1]['correct']}/{rows[-1]['n']}")
-        for group in sorted(set(es.groups)) if es.name == "classification_held_out" else []:
+        for group in sorted(set(es.groups)) if es.name.startswith("classification") else []:
             idx = [i for i, g in enumerate(es.groups) if g == group]
             for method in methods:
                 rows.append(_row(f"{es.name}/{group}", method, [per_method[method][i]["correct"] for i in idx],
@@ -351,6 +351,39 @@ def render_markdown(results: dict[str, Any], *, digits: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_task_table(results: dict[str, Any], ceilings: dict[str, float], *, digits: int = 1) -> str:
+    """Per classification task: its linear-probe ceiling beside each method's accuracy (percent).
+
+    ``ceilings`` maps a task name to the probe's held-out accuracy (``ao data probe --out``;
+    :func:`activation_oracles.training.presets.probe_ceilings` reads the shipped table).
+
+    >>> rows = [{"eval": "classification_test/tense", "method": m, "accuracy": a, "n": 40}
+    ...         for m, a in (("trained", 0.8), ("shuffled", 0.5))]
+    >>> print(render_task_table({"rows": rows}, {"tense": 0.944}), end="")
+    | split | task | n | probe ceiling | trained | shuffled |
+    |---|---|---:|---:|---:|---:|
+    | classification_test | tense | 40 | 94.4 | 80.0 | 50.0 |
+    """
+    cell: dict[tuple[str, str], dict[str, Any]] = {}
+    tasks: list[str] = []
+    for r in results["rows"]:
+        if r["eval"].startswith("classification") and "/" in r["eval"]:
+            if r["eval"] not in tasks:
+                tasks.append(r["eval"])
+            cell[(r["eval"], r["method"])] = r
+    methods = [m for m in METHODS if any(k[1] == m for k in cell)]
+    pct = lambda x: f"{100 * x:.{digits}f}"  # noqa: E731
+    lines = ["| split | task | n | probe ceiling | " + " | ".join(methods) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(methods)]
+    for ev in tasks:
+        split, task = ev.split("/", 1)
+        first = next(cell[(ev, m)] for m in methods if (ev, m) in cell)
+        ceiling = pct(ceilings[task]) if task in ceilings else "-"
+        cells = [pct(cell[(ev, m)]["accuracy"]) if (ev, m) in cell else "" for m in methods]
+        lines.append(f"| {split} | {task} | {first['n']} | {ceiling} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _default_data_dir() -> str | None:
     env = os.environ.get("AO_DATA_DIR")
     if env:
@@ -392,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["meta"]["oracle_dir"] = args.oracle
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     table = render_markdown(results)
+    if any(r["eval"].startswith("classification") and "/" in r["eval"] for r in results["rows"]):
+        from activation_oracles.training.presets import probe_ceilings
+
+        table += "\n" + render_task_table(results, probe_ceilings())
     if args.markdown:
         Path(args.markdown).write_text(table)
     print(table)

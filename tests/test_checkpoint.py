@@ -126,12 +126,12 @@ def _cli(out: Path, *extra: str) -> list[str]:
     return args + list(extra)
 
 
-def _in_process(out: Path, resume: bool = False):
+def _in_process(out: Path, resume: bool = False, extra: tuple[str, ...] = ()):
     from activation_oracles.training.trainer import Trainer
 
     threads = torch.get_num_threads()
     try:
-        cfg = apply_overrides(preset("tiny"), OVERRIDES)
+        cfg = apply_overrides(preset("tiny"), [*OVERRIDES, *extra])
         return Trainer(cfg, out_dir=out, resume=resume, overwrite=not resume).train()
     finally:
         torch.set_num_threads(threads)
@@ -194,3 +194,20 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert [m["step"] for m in metrics] == list(range(5, STEPS + 1, 5))  # no duplicated steps after resume
     ref_metrics = [json.loads(x) for x in (reference.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in metrics] == [m["loss"] for m in ref_metrics]
+
+
+def test_resume_after_a_kill_during_the_final_save_logs_each_step_once(tmp_path):
+    """Killed after the final checkpoint, while the oracle was being written: resuming finishes the
+    oracle without evaluating (and logging) the last step a second time; a line cut short is dropped."""
+    out, evaluating = tmp_path / "run", ("eval.n_examples=8",)
+    first = _in_process(out, extra=evaluating)
+    for name in ("adapter_model.safetensors", "oracle_config.json"):
+        (out / name).unlink()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "loss": 0.')  # a write the kill cut short
+    result = _in_process(out, resume=True, extra=evaluating)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], "eval/loss" in r) for r in records]
+    assert len(keys) == len(set(keys)), keys
+    assert sum(has_eval for _, has_eval in keys) >= 1
+    assert (out / "oracle_config.json").is_file() and result.eval == first.eval

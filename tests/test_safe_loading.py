@@ -481,3 +481,13 @@ def test_unload_restores_the_bare_base(folder, base, hooks_of):
     assert_same(before, fingerprint(base, hooks_of))
     with pytest.raises(AdapterError, match="no adapter to unload"):
         ao.unload_oracle(ao.ActivationOracle.untrained(base))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_model_on_a_missing_device_is_a_typed_error_before_loading():
+    import activation_oracles as ao
+    from activation_oracles.errors import AOError
+
+    with pytest.raises(AOError, match="'cuda'") as info:
+        ao.load_model("smollm2-135m", device="cuda")
+    assert isinstance(info.value, ValueError)

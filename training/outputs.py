@@ -112,13 +112,25 @@ class RunOutputs:
                 if k != "step" and isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, record["step"])
 
+    def _logged_eval(self, step: int) -> dict[str, Any] | None:
+        """The evaluation already logged at ``step`` (a run resumed after its final checkpoint), if any."""
+        metrics = self.out / "metrics.jsonl"
+        if not metrics.exists():
+            return None
+        found = None
+        for line in metrics.read_text().splitlines():
+            rec = _record(line)
+            if rec is not None and rec.get("step") == step and any(k.startswith("eval/") for k in rec):
+                found = {k: v for k, v in rec.items() if k != "step"}
+        return found
+
     def _open_logs(self) -> None:
         if not self.dist.is_main:
             return
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop lines after the resumed step, so the log reads as one run
+        if metrics.exists():  # drop lines after the resumed step (and a line cut by a kill): one run's log
             kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= self.step]
+                    if (rec := _record(line)) is not None and rec.get("step", 0) <= self.step]
             metrics.write_text("".join(k + "\n" for k in kept))
         if self.cfg.output.tensorboard:
             try:
@@ -162,3 +174,12 @@ def _progress(total: int, initial: int, *, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One metrics line as a dict; None for a blank line or one cut short by a kill."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None

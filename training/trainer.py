@@ -447,7 +447,13 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             self._bar.close()
             self._bar = None
         if self.cfg.eval.n_examples:
-            self._run_eval()
+            # Resumed after the final checkpoint (killed while the oracle was being written): the final
+            # evaluation is already in the log; evaluating again would log the step twice.
+            logged = self._logged_eval(self.step) if self.dist.is_main else None
+            if logged is not None:
+                self.last_eval = logged
+            else:
+                self._run_eval()
         self.save_checkpoint()
         if self.dist.is_main:
             self.save_oracle(wall_time=wall_time)
