@@ -20,6 +20,7 @@ from .checks import check_bool, check_int, check_text
 from .errors import ArgumentTypeError, EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError
 from .hooks import capture_residuals
 from .models import Model, as_model
+from .padding import left_pad, pad_id_of
 
 Messages = list[dict[str, str]]
 
@@ -197,20 +198,15 @@ def capture(model: Any, prompt_or_messages: str | Messages | Sequence[str | Mess
                 raise PositionError(f"prompt {i}: {exc}") from None
 
     results: list[Activations] = []
-    pad_id = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(m.tokenizer)
     for start in range(0, len(ids_list), batch_size):
         chunk = ids_list[start:start + batch_size]
-        width = max(len(x) for x in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, ids in enumerate(chunk):  # left padding, as for generation
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
+        batch = left_pad(chunk, pad_id, m.device)
         with torch.no_grad(), capture_residuals(m, layer_list, stop_early=True, backend=backend) as cache:
-            m.hf(input_ids=input_ids.to(m.device), attention_mask=mask.to(m.device))
+            m.hf(**batch.forward_kwargs())
         for i, ids in enumerate(chunk):
             pos = pos_list[start + i]
-            offset = width - len(ids)
+            offset = batch.offsets[i]
             index = torch.tensor([offset + p for p in pos])
             vectors = {layer: cache[layer][i, index].cpu() for layer in layer_list}
             tokens = tuple(m.tokenizer.convert_ids_to_tokens(ids))

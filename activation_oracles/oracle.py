@@ -32,6 +32,7 @@ from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError,
                      EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError)
 from .hooks import inject_residuals
 from .models import Model, as_model
+from .padding import left_pad, pad_id_of
 from .prompt import OraclePrompt, _end_of_turn_id, answer_ids, build_prompt, placeholder_id
 
 
@@ -114,14 +115,9 @@ class ActivationOracle:
             yield
 
     def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        return ids.to(self.model.device), mask.to(self.model.device)
+        """Input ids and mask for ``generate`` (which derives position ids from the mask itself)."""
+        batch = left_pad(rows, pad_id_of(self.model.tokenizer), self.model.device)
+        return batch.input_ids, batch.attention_mask
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float,
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -348,12 +344,13 @@ class ActivationOracle:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             seqs = [list(it.prompt.input_ids) + ans for it, ans in chunk]
-            ids, mask = self._left_pad(seqs)
+            batch = left_pad(seqs, pad_id_of(self.model.tokenizer), self.model.device)
+            ids = batch.input_ids
             # Only the answer columns are scored: keep the logits of the last k positions (the
             # full [batch, seq, vocab] log-softmax costs more than the forward pass itself).
             k = max(len(ans) for _, ans in chunk) + 1
             with self._session([it for it, _ in chunk]):
-                logits = last_logits(self.model.hf, ids, mask, k)
+                logits = last_logits(self.model.hf, ids, batch.attention_mask, k, batch.position_ids)
             logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             width = ids.shape[1]
             for b, (it, ans) in enumerate(chunk):
@@ -380,12 +377,16 @@ class ActivationOracle:
         return self.ask(acts.segment(start, end), question, **kwargs)  # type: ignore[return-value]
 
 
-def last_logits(hf: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+def last_logits(hf: Any, ids: torch.Tensor, mask: torch.Tensor, k: int,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of the last ``k`` positions, ``[batch, k, vocab]`` (``logits_to_keep`` where the model takes it)."""
+    kw: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if position_ids is not None:
+        kw["position_ids"] = position_ids
     try:
-        out = hf(input_ids=ids, attention_mask=mask, logits_to_keep=k).logits
+        out = hf(**kw, logits_to_keep=k).logits
     except TypeError:  # models without logits_to_keep compute them all
-        out = hf(input_ids=ids, attention_mask=mask).logits
+        out = hf(**kw).logits
     return out[:, -k:]
 
 

@@ -1,0 +1,43 @@
+"""Batched (left-padded) forward passes equal one-at-a-time ones, on absolute- and rotary-position models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import activation_oracles as ao
+from activation_oracles.padding import left_pad
+
+from conftest import TINY_ARCHS
+
+PROMPTS = ["Hi.", "The owl hunts mice in the quiet forest at night.", "Two horses grazed by the river."]
+
+
+def _model(arch: str, tokenizer) -> ao.Model:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = dict(TINY_ARCHS[arch], vocab_size=len(tokenizer))
+    kw.pop("pad_token_id", None)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(AutoConfig.for_model(arch, **kw)).eval()
+    return ao.as_model(hf, tokenizer)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "gemma2"])
+def test_batched_capture_equals_single_capture(arch, embedded_tokenizer):
+    m = _model(arch, embedded_tokenizer)
+    together = ao.capture(m, PROMPTS, chat=False, layers=[0, 2], batch_size=3)
+    for prompt, acts in zip(PROMPTS, together):
+        alone = ao.capture(m, prompt, chat=False, layers=[0, 2])
+        assert acts.token_ids == alone.token_ids
+        for layer in (0, 2):
+            torch.testing.assert_close(acts.vectors[layer], alone.vectors[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_left_pad_positions_start_at_each_rows_first_token():
+    b = left_pad([[3, 4], [5, 6, 7, 8], [9]], pad_id=0)
+    assert b.offsets == (2, 0, 3)
+    for row, n in zip(range(3), (2, 4, 1)):
+        assert b.position_ids[row, -n:].tolist() == list(range(n))
+        assert b.attention_mask[row].sum() == n
