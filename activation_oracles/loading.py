@@ -106,6 +106,9 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
             f"oracle {str(folder)!r} was trained on {config.base_model!r} (n_layers={config.n_layers}, "
             f"d_model={config.d_model}) but the base given is {base_model.name!r} (n_layers={base_model.n_layers}, "
             f"d_model={base_model.d_model}); load the oracle on its own base model.")
+    from .prompt import placeholder_id
+
+    placeholder_id(base_model.tokenizer, config)  # a placeholder this tokenizer splits: refused before attaching
     attach_adapter(base_model, folder, config.adapter_name, index=index, tensors=tensors)
     park_adapters(base_model.hf)  # the shared model acts as its base outside oracle calls
     oracle_model = Model(hf=base_model.hf, tokenizer=base_model.tokenizer, layers=base_model.layers,

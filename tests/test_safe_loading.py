@@ -491,3 +491,11 @@ def test_load_model_on_a_missing_device_is_a_typed_error_before_loading():
     with pytest.raises(AOError, match="'cuda'") as info:
         ao.load_model("smollm2-135m", device="cuda")
     assert isinstance(info.value, ValueError)
+
+
+def test_a_placeholder_the_tokenizer_splits_is_refused_before_attaching(folder, base, hooks_of):
+    before = fingerprint(base, hooks_of)
+    _edit(folder / "oracle_config.json", placeholder=" question mark here")
+    with pytest.raises(AdapterError, match="question mark here"):
+        ao.load_oracle(folder, base=base)
+    assert_same(before, fingerprint(base, hooks_of))
