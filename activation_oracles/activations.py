@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .checks import check_input_file, check_int, check_output_file
+from .files import temp_beside, usual_mode
 from .errors import (ActivationsFileError, ActivationsMismatchError, ArgumentError, ArgumentTypeError,
                      EmptyInputError, OutputWriteError, PositionError, UnsafeFileError)
 
@@ -290,8 +291,6 @@ class Activations:
         only once complete (``os.replace`` within one filesystem), so a failed or interrupted
         write leaves the old file (or nothing) and no temporary file behind.
         """
-        import tempfile
-
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
@@ -300,9 +299,10 @@ class Activations:
         metadata = self.metadata()
         tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = temp_beside(path)
             os.close(fd)
             save_file(tensors, tmp, metadata=metadata)
+            usual_mode(tmp)  # safetensors writes a new file over the temporary one, with mkstemp's 0600
             os.replace(tmp, path)
             tmp = None
         except (OSError, SafetensorError) as exc:

@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from activation_oracles.errors import DataError, OutputDirError
 
+from activation_oracles.files import temp_beside
 from .stats import accuracy_row
 
 METHODS = ("oracle", "oracle:shuffled", "oracle:coeff0", "untrained_oracle", "blackbox:direct", "blackbox:prefill",
@@ -172,7 +172,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + os.replace, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

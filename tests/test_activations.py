@@ -187,3 +187,15 @@ def test_loading_garbage_or_foreign_safetensors(tmp_path):
         Activations.load(foreign)
     with pytest.raises(FileNotFoundError):
         Activations.load(tmp_path / "missing.safetensors")
+
+
+def test_saved_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
+    import os
+
+    from activation_oracles.activations import Activations
+    from activation_oracles.files import current_umask
+
+    acts = Activations(vectors={0: torch.zeros(2, 4)}, positions=(0, 1), token_ids=(5, 6), tokens=("a", "b"),
+                       model_name="m", n_layers=2, d_model=4)
+    path = acts.save(tmp_path / "acts.safetensors")
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~current_umask()

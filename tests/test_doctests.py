@@ -28,7 +28,7 @@ MODULES = [
     "activation_oracles.evals.truthfulqa_audit", "activation_oracles.evals.misalignment",
     "activation_oracles.evals.subliminal",
     "activation_oracles.evals.trait_audits", "activation_oracles.safe_files", "activation_oracles.adapter_checks",
-    "activation_oracles.demo", "activation_oracles.padding", "activation_oracles.evals.oracle_card", "activation_oracles.training.evaluate", "activation_oracles.evals.learning_curve",
+    "activation_oracles.demo", "activation_oracles.padding", "activation_oracles.files", "activation_oracles.evals.oracle_card", "activation_oracles.training.evaluate", "activation_oracles.evals.learning_curve",
 ]
 
 

@@ -36,7 +36,6 @@ import numbers
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..files import temp_beside
 
 FORMAT = 2
 _OLD_FORMAT = 1  # torch.save pickles (step_*.pt), written by earlier versions
@@ -69,7 +69,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and rename."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    fd, tmp = temp_beside(p)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

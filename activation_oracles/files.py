@@ -1,0 +1,45 @@
+"""Temporary files for atomic writes that end up with the mode any other new file would get.
+
+``tempfile.mkstemp`` creates its file with mode 0600 (private, for temporary secrets); a file
+renamed into place from it would stay unreadable to the user's group and tools. Every atomic
+write of the project creates its temporary file here instead, with ``0666 & ~umask``.
+
+>>> import os, tempfile
+>>> d = tempfile.mkdtemp()
+>>> fd, tmp = temp_beside(os.path.join(d, "out.json"))
+>>> os.close(fd)
+>>> oct(os.stat(tmp).st_mode & 0o777) == oct(0o666 & ~current_umask())
+True
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process's umask (reading it needs setting it: set and restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path: str | os.PathLike[str]) -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file in ``path``'s folder, mode ``0666 & ~umask``."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError:  # a filesystem without modes (some network mounts): keep what it gave
+        pass
+    return fd, tmp
+
+
+def usual_mode(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` mode ``0666 & ~umask`` (for files a library wrote afresh over our temporary one)."""
+    try:
+        os.chmod(path, 0o666 & ~current_umask())
+    except OSError:
+        pass
