@@ -112,8 +112,8 @@ class OptimSection:
 class SourceSpec:
     """One dataset builder in the mixture: its kind, its weight, and the builder's own parameters."""
 
-    kind: str = _f("", "Builder kind (context_prediction, classification, system_prompt_qa, on_policy) or "
-                       "'package.module:Factory'.")
+    kind: str = _f("", "Builder kind (context_prediction, classification, families, system_prompt_qa, on_policy) or "
+                       "'package.module:Class' (a class with examples(tokenizer, rng)).")
     weight: float = _f(1.0, "Relative sampling weight in the mixture.")
     params: dict[str, Any] = _f({}, "Keyword arguments of the builder (written inline in the source's table).")
 
@@ -372,8 +372,8 @@ def _source_from_plain(data: Any, path: str) -> SourceSpec:
         raise ConfigError(f"{path} is {data!r}; expected a table with 'kind', 'weight' and the builder's parameters.")
     data = dict(data)
     if "kind" not in data:
-        raise ConfigError(f"{path} lacks 'kind'; expected one of context_prediction, classification, "
-                          "system_prompt_qa, on_policy or 'package.module:Factory'.")
+        raise ConfigError(f"{path} lacks 'kind'; expected one of context_prediction, classification, families, "
+                          "system_prompt_qa, on_policy or 'package.module:Class' (a class with examples(tokenizer, rng)).")
     kind = _coerce(str, data.pop("kind"), "", f"{path}.kind")
     weight = _coerce(float, data.pop("weight", 1.0), 1.0, f"{path}.weight")
     params = data.pop("params", {}) if isinstance(data.get("params"), dict) else {}
