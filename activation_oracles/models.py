@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .embedded import EMBEDDED_NAME, embedded_dir
-from .errors import ModelSpecError, NotDecoderLMError, OfflineError, RemoteCodeError, UnsafeFileError
+from .errors import AOError, ModelSpecError, NotDecoderLMError, OfflineError, RemoteCodeError, UnsafeFileError
 from .layers import find_decoder_layers
 from .safe_files import check_model_files, check_model_folder, read_json_file
 
@@ -265,7 +265,16 @@ def load_model(spec: str | os.PathLike[str] = EMBEDDED_NAME, *, dtype: str | tor
         return tok, mdl
 
     if local_only:
-        tokenizer, hf = _load(True)
+        try:
+            tokenizer, hf = _load(True)
+        except AOError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, SafetensorError...
+            reason = " ".join(str(exc).split())[:300]
+            raise ModelSpecError(
+                f"the model folder {folder!r} cannot be loaded ({type(exc).__name__}: {reason}); expected a folder "
+                "written by model.save_pretrained(dir) and tokenizer.save_pretrained(dir) (config.json, tokenizer "
+                "files, model.safetensors). Re-save it, or pass another folder.") from None
     else:
         try:
             tokenizer, hf = _load(True)  # a cached hub model needs no network

@@ -499,3 +499,23 @@ def test_a_placeholder_the_tokenizer_splits_is_refused_before_attaching(folder, 
     with pytest.raises(AdapterError, match="question mark here"):
         ao.load_oracle(folder, base=base)
     assert_same(before, fingerprint(base, hooks_of))
+
+
+@pytest.mark.parametrize("breakage", ["config_not_json", "no_tokenizer", "weights_garbage"])
+def test_broken_model_folders_are_a_typed_error(tiny, tmp_path, breakage):
+    from activation_oracles.errors import ModelSpecError
+
+    folder = tmp_path / "m"
+    tiny.hf.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    if breakage == "config_not_json":
+        (folder / "config.json").write_text('{"model_type": "llama"')
+    elif breakage == "no_tokenizer":
+        for f in folder.glob("*token*"):
+            f.unlink()
+    else:
+        (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    before = tree_digest(folder)
+    with pytest.raises(ModelSpecError, match=str(folder.name)):
+        ao.load_model(folder)
+    assert tree_digest(folder) == before
