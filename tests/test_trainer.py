@@ -309,3 +309,21 @@ def test_training_loss_is_minus_choose_logprob_and_prompts_agree(tmp_path, stand
         assert tuple(built.prompt.positions) == item.placeholder_positions
         logp = oracle.choice_logprobs(acts, question, ["Yes", "No"])[answer]
         assert abs(loss + logp) < 1e-4, (answer, loss, logp)
+
+
+def test_a_full_disk_at_the_first_write_leaves_no_run_folder(tmp_path, monkeypatch):
+    import errno
+
+    from activation_oracles.errors import OutputWriteError
+    from activation_oracles.training import checkpoint as ckpt
+    from activation_oracles.training.trainer import Trainer
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cfg = apply_overrides(quiet(preset("tiny")), ["optim.steps=1", "eval.n_examples=0"])
+    trainer = Trainer(cfg, out_dir=tmp_path / "run")
+    monkeypatch.setattr(ckpt, "atomic_write_bytes", full)
+    with pytest.raises(OutputWriteError, match="No space left"):
+        trainer.train()
+    assert not (tmp_path / "run").exists()

@@ -318,6 +318,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
     def start(self) -> None:
         """Prepare the output directory, resume if asked, print the config, start the data pipeline."""
         self._check_data_fits()
+        created = not self.out.exists()
         if self.dist.is_main:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +333,15 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         if self.dist.is_main:
             text = self.cfg.to_toml()
             self._log(f"resolved config (saved to {self.out / 'config.toml'}):\n{text}")
-            ckpt.atomic_write_bytes(self.out / "config.toml", text.encode())
+            try:
+                ckpt.atomic_write_bytes(self.out / "config.toml", text.encode())
+            except OSError as exc:  # e.g. a full disk: leave no empty run folder behind
+                from ..errors import OutputWriteError
+
+                if created and not any(self.out.iterdir()):
+                    self.out.rmdir()
+                raise OutputWriteError(f"cannot write {str(self.out / 'config.toml')!r}: {exc.strerror or exc}; "
+                                       "free some space or pick another --out.") from None
         self._open_logs()
         depth = self.cfg.data.prefetch if self.cfg.data.prefetch >= 0 else (2 if self.device.type == "cuda" else 0)
         if depth:
