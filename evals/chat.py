@@ -26,6 +26,7 @@ import torch
 
 from activation_oracles.adapters import use_adapter
 from activation_oracles.models import Model, as_model
+from activation_oracles.padding import left_pad
 from activation_oracles.prompt import _end_of_turn_id
 from activation_oracles.training.sources import encode_chat
 
@@ -58,13 +59,8 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    return ids, mask
+    b = left_pad(rows, pad)  # generate() derives position ids from the mask itself
+    return b.input_ids, b.attention_mask
 
 
 def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, prefill: str = "",

@@ -33,6 +33,7 @@ import torch
 
 from ..config import OracleConfig
 from ..errors import DataError
+from ..padding import left_pad
 from ..prompt import answer_ids, build_prompt
 from .example import TrainingExample
 
@@ -203,15 +204,8 @@ def split_micro(items: Sequence[Any], n: int) -> list[list[Any]]:
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids_BS = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask_BS = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids_BS[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask_BS[i, width - len(r):] = 1
-    pos_BS = (mask_BS.cumsum(-1) - 1).clamp(min=0)
-    return ids_BS, mask_BS, pos_BS
+    b = left_pad(rows, pad_id)
+    return b.input_ids, b.attention_mask, b.position_ids
 
 
 @dataclass

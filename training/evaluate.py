@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..hooks import inject_residuals
+from ..padding import left_pad
 from ..prompt import _end_of_turn_id, answer_ids
 from .batching import BatchStream, Prepared, collate_oracle, make_example_stream, make_micro
 
@@ -166,12 +167,8 @@ class Evaluation:
 
     def _generate(self, items: list[Prepared], vectors: list[torch.Tensor]) -> list[str]:
         prompts = [replace(p, oracle_ids=p.oracle_ids[:len(p.oracle_ids) - p.n_answer], n_answer=0) for p in items]
-        width = max(len(p.oracle_ids) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p.oracle_ids):] = torch.tensor(p.oracle_ids)
-            mask[i, width - len(p.oracle_ids):] = 1
+        batch = left_pad([p.oracle_ids for p in prompts], self.pad_id)  # generate() derives position ids
+        ids, mask, width = batch.input_ids, batch.attention_mask, batch.input_ids.shape[1]
         eot = _end_of_turn_id(self._prompt_tok)
         stops = [t for t in {eot, self.tokenizer.eos_token_id} if t is not None]
         max_new = min(self.cfg.eval.max_new_tokens, max(p.n_answer for p in items) + 2)

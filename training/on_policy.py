@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from activation_oracles.errors import ConfigError, DataError
+from activation_oracles.padding import left_pad
 
 from .sources import check_file, encode_chat
 
@@ -122,12 +123,8 @@ class OnPolicySource:
         prompts = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
         prompt_ids = [encode_chat(tok, self._messages(p), add_generation_prompt=True) for p in prompts]
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        width = max(len(x) for x in prompt_ids)
-        input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(prompt_ids):  # left padding, for generation
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
+        batch = left_pad(prompt_ids, pad)  # generate() derives position ids from the mask
+        input_ids, mask, width = batch.input_ids, batch.attention_mask, batch.input_ids.shape[1]
         device = self.model.device
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad,
                                   "do_sample": self.temperature > 0}
