@@ -275,17 +275,17 @@ def test_separate_target_model_and_overwrite(tmp_path):
     del again
 
 
-@pytest.mark.parametrize("standardize", [False, True])
-def test_training_loss_is_minus_choose_logprob_and_prompts_agree(tmp_path, standardize):
+def test_training_loss_is_minus_choose_logprob_and_prompts_agree(tmp_path):
     """What the trainer optimises is what ``choose`` scores: same prompt tokens, same vectors, same loss."""
     import activation_oracles as ao
     from activation_oracles.tiny import tiny_model
     from activation_oracles.training.batching import make_micro
     from activation_oracles.training.trainer import Trainer
 
-    sets = ["optim.steps=3", "eval.n_examples=0", "checkpoint.every=0"]
-    if standardize:
-        sets += ["model.center_activations=true", "model.standardize_activations=true"]
+    # Standardised vectors: the transform the trainer applies (measured means and scales) must be the
+    # one the exported oracle applies at inference.
+    sets = ["optim.steps=3", "eval.n_examples=0", "checkpoint.every=0", "model.center_activations=true",
+            "model.standardize_activations=true"]
     trainer = Trainer(apply_overrides(quiet(preset("tiny")), sets), out_dir=tmp_path / "run")
     result = trainer.train()  # a few steps, so the adapter is not the zero update it starts as
     text, question = "A fox crossed the snowy road at dawn.", "Does this text mention an animal?"
