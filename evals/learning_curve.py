@@ -40,7 +40,10 @@ def plot(run_dir: str | Path, out: str | Path, *, extra: dict[str, list[tuple[in
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
         for k, v in r.items():
-            if k.startswith("eval/") and k.endswith(("_acc", "accuracy")) and isinstance(v, (int, float)):
+            # Aggregates only (eval/<name>, not eval/<source>/acc): the accuracy and its controls
+            # (yes_no_acc, yes_no_acc_shuffled, yes_no_acc_coeff0, exact_match).
+            aggregate = k.startswith("eval/") and k.count("/") == 1
+            if aggregate and ("_acc" in k or k.endswith(("accuracy", "exact_match"))) and isinstance(v, (int, float)):
                 series.setdefault(k.removeprefix("eval/"), []).append((r["step"], float(v)))
     for k, v in (extra or {}).items():
         series[k] = v
