@@ -328,16 +328,21 @@ def evaluate_oracle(oracle: Any, target: Any, *, data_dir: str | os.PathLike[str
 
 # -- reporting -----------------------------------------------------------------------------------------
 
-def render_markdown(results: dict[str, Any], *, digits: int = 1) -> str:
-    """A markdown table: one line per evaluation, ``acc [lo, hi]`` (percent) per method."""
-    rows = results["rows"] if isinstance(results, dict) else results
+def _grid(rows: Sequence[dict[str, Any]]) -> tuple[list[str], dict[tuple[str, str], dict[str, Any]], list[str]]:
+    """Evaluations in first-seen order, rows by (evaluation, method), and the methods present (card order)."""
     evals: list[str] = []
     cell: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         if r["eval"] not in evals:
             evals.append(r["eval"])
         cell[(r["eval"], r["method"])] = r
-    methods = [m for m in METHODS if any(k[1] == m for k in cell)]
+    return evals, cell, [m for m in METHODS if any(k[1] == m for k in cell)]
+
+
+def render_markdown(results: dict[str, Any], *, digits: int = 1) -> str:
+    """A markdown table: one line per evaluation, ``acc [lo, hi]`` (percent) per method."""
+    rows = results["rows"] if isinstance(results, dict) else results
+    evals, cell, methods = _grid(rows)
     pct = lambda x: f"{100 * x:.{digits}f}"  # noqa: E731
     lines = ["| evaluation | n | chance | " + " | ".join(methods) + " |",
              "|---|---:|---:|" + "---:|" * len(methods)]
@@ -364,14 +369,8 @@ def render_task_table(results: dict[str, Any], ceilings: dict[str, float], *, di
     |---|---|---:|---:|---:|---:|
     | classification_test | tense | 40 | 94.4 | 80.0 | 50.0 |
     """
-    cell: dict[tuple[str, str], dict[str, Any]] = {}
-    tasks: list[str] = []
-    for r in results["rows"]:
-        if r["eval"].startswith("classification") and "/" in r["eval"]:
-            if r["eval"] not in tasks:
-                tasks.append(r["eval"])
-            cell[(r["eval"], r["method"])] = r
-    methods = [m for m in METHODS if any(k[1] == m for k in cell)]
+    tasks, cell, methods = _grid([r for r in results["rows"]
+                                  if r["eval"].startswith("classification") and "/" in r["eval"]])
     pct = lambda x: f"{100 * x:.{digits}f}"  # noqa: E731
     lines = ["| split | task | n | probe ceiling | " + " | ".join(methods) + " |",
              "|---|---|---:|---:|" + "---:|" * len(methods)]
