@@ -214,6 +214,39 @@ def format_summary(acts: Any, *, prompt: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def format_tokens(tokenizer: Any, acts: Any, *, width: int = 100) -> str:
+    """The rendered context one token at a time (as TransformerLens's ``to_str_tokens``), captured ones in [ ].
+
+    Template and special tokens are shown too, so what the model actually read (and which of it
+    was captured) is visible.
+
+    >>> from transformers import AutoTokenizer
+    >>> from activation_oracles.embedded import embedded_dir
+    >>> from activation_oracles.activations import Activations
+    >>> import torch
+    >>> tok = AutoTokenizer.from_pretrained(str(embedded_dir()))
+    >>> ids = tuple(tok("Owls hunt.", add_special_tokens=False)["input_ids"])
+    >>> acts = Activations(vectors={0: torch.zeros(1, 4)}, positions=(len(ids) - 1,), token_ids=ids,
+    ...                    tokens=tuple(tok.convert_ids_to_tokens(list(ids))), model_name="m", n_layers=1, d_model=4)
+    >>> print(format_tokens(tok, acts))
+    text       'O'|'w'|'ls'|' hunt'|['.']
+    """
+    captured = set(acts.positions)
+    pieces = []
+    for i, t in enumerate(acts.token_ids):
+        shown = repr(tokenizer.decode([t]))
+        pieces.append(f"[{shown}]" if i in captured else shown)
+    lines, line = [], "text       "
+    for k, piece in enumerate(pieces):
+        add = piece if k == 0 else "|" + piece
+        if len(line) + len(add) > width and line.strip() != "text":
+            lines.append(line + "|")
+            line, add = "           ", piece
+        line += add
+    lines.append(line)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------
 # ao capture
 # ---------------------------------------------------------------------------------------------------
@@ -250,6 +283,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     model = _load_model(args)
     acts = _capture(model, prompt, args)
     print(format_summary(acts, prompt=prompt))
+    print(format_tokens(model.tokenizer, acts))
     if args.out is not None:
         path = acts.save(args.out)
         print(f"saved      {path} ({os.path.getsize(path) / 1024:.1f} KiB); read it with "

@@ -55,6 +55,7 @@ def _add_ask_parser(subparsers: Any) -> None:
     q.add_argument("--choices", metavar="A,B", help="comma-separated choices: print probabilities instead of text.")
     q.add_argument("--max-new-tokens", type=int, default=48, metavar="N")
     q.add_argument("--json", action="store_true", help="one JSON object per answer.")
+    q.add_argument("--out", metavar="FILE", help="also write every answer as one JSON object per line (JSONL).")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.set_defaults(func=cmd_ask)
 
@@ -62,7 +63,7 @@ def _add_ask_parser(subparsers: Any) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
 
     import activation_oracles as ao
-    from activation_oracles.checks import check_text
+    from activation_oracles.checks import check_output_file, check_text
     from activation_oracles.cli import CLIUsageError, _err, read_prompt
     from activation_oracles.errors import ChoicesError
 
@@ -77,6 +78,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise CLIUsageError(f"--coeff {args.coeff}; expected a finite number (1 = the reference, 0 = the control).")
     for q in args.question:
         check_text("--question", q)
+    out_path = check_output_file("--out", args.out, "answers") if args.out is not None else None
     prompt = read_prompt(args.prompt) if args.prompt is not None else None
     choices = None
     if args.choices is not None:
@@ -103,6 +105,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         else:
             kw["layer_percent"] = args.layer_percent or 50.0
         acts = ao.capture(target, prompt, **kw)
+        from activation_oracles.cli import format_tokens
+
+        _err(format_tokens(target.tokenizer, acts))
 
     if args.untrained:
         base = target if target is not None else ao.load_model(acts.model_name, dtype=args.dtype)
@@ -122,6 +127,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         inputs = [("full", acts)]
 
+    records: list[dict[str, Any]] = []
     for question in args.question:
         sets = [a for _, a in inputs]
         if choices is not None:
@@ -132,12 +138,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
             record = {"question": question, "mode": args.mode, "input": label, "layer": a.layer,
                       "n_positions": len(a), "oracle": oracle_name}
             record.update({"probs": res} if choices is not None else {"answer": res})
+            records.append(record)
             if args.json:
                 print(json.dumps(record))
             else:
                 shown = ", ".join(f"{k}: {v:.3f}" for k, v in res.items()) if choices is not None else res
                 where = "" if args.mode == "full" else f" [{label}]"
                 print(f"Q: {question}{where}\nA: {shown}\n")
+    if out_path is not None:
+        from activation_oracles.training.checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(out_path, "".join(json.dumps(r) + "\n" for r in records).encode())
+        _err(f"answers written to {out_path}")
     return 0
 
 

@@ -75,3 +75,24 @@ def test_ask_usage_errors(argv: list[str], needle: str, capsys) -> None:
 def test_ask_missing_shipped_oracle_or_bad_question(tiny_dir: Path, capsys) -> None:
     rc = main(["ask", "--target", str(tiny_dir), "--prompt", "hello", "--untrained", "--question", "  "])
     assert rc == 2 and "question is empty" in capsys.readouterr().err
+
+
+def test_ask_out_writes_the_records_and_shows_the_captured_tokens(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "answers.jsonl"
+    rc = main(["ask", "--target", str(tiny_dir), "--prompt", "Owls hunt at night.", "--untrained", "--layer", "2",
+               "--positions", "last:2", "--question", "Is this about animals?", "--choices", "Yes,No", "--json",
+               "--out", str(out)])
+    assert rc == 0
+    captured = capsys.readouterr()
+    printed = [json.loads(line) for line in captured.out.splitlines() if line.strip()]
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert written == printed and len(written) == 1
+    # The token strip: the whole rendered chat, template included, and exactly the 2 captured tokens in [ ].
+    strip = "\n".join(line for line in captured.err.splitlines() if line.startswith(("text ", "     ")))
+    assert "'<|im_start|>'" in strip and strip.count("['") == 2
+
+
+def test_ask_out_into_a_missing_folder_fails_before_loading(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    rc = main(["ask", "--target", str(tiny_dir), "--prompt", "Owls.", "--untrained", "--question", "Q?",
+               "--out", str(tmp_path / "nope" / "a.jsonl")])
+    assert rc != 0 and "nope" in capsys.readouterr().err
