@@ -28,8 +28,8 @@ from .adapter_checks import (
 )
 from .adapters import adapter_names, park_adapters, tuner_layers
 from .config import OracleConfig
-from .errors import AdapterError, OracleNotAvailableError, UnsafeFileError
-from .models import Model, as_model, load_model
+from .errors import AdapterError, ConfigError, OracleNotAvailableError, UnsafeFileError
+from .models import Model, as_model, load_model, resolve_dtype
 
 ORACLE_CONFIG = "oracle_config.json"
 _PICKLE_NAMES = ("adapter_model.bin", "pytorch_model.bin", "adapter_model.pt", "adapter_model.pth")
@@ -97,7 +97,7 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
     tensors = load_adapter_tensors(index)
 
     if base is None:
-        base_model = load_model(config.base_model, dtype=dtype, device=device)
+        base_model = _tiny_base(config, dtype, device) or load_model(config.base_model, dtype=dtype, device=device)
     else:
         base_model = as_model(base)
     if (config.d_model and base_model.d_model != config.d_model) or \
@@ -115,6 +115,28 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
                          layers_path=base_model.layers_path, name=base_model.name, n_layers=base_model.n_layers,
                          d_model=base_model.d_model)
     return ActivationOracle(oracle_model, config, adapter=config.adapter_name)
+
+
+def _tiny_base(config: OracleConfig, dtype: Any, device: Any) -> Any:
+    """The random tiny base of an ``ao train --preset tiny`` run, rebuilt from the run's stored settings.
+
+    Such a base exists nowhere on disk or on a hub (it is ``tiny_model(...)`` of a seed), so it is
+    rebuilt exactly as the trainer built it; None for every other oracle.
+    """
+    from .tiny import TINY_NAME, tiny_model
+
+    model_cfg = ((config.training or {}).get("config") or {}).get("model") or {}
+    if config.base_model != TINY_NAME or model_cfg.get("name") != "tiny":
+        return None
+    try:
+        m = tiny_model(n_layers=int(model_cfg.get("tiny_layers", 4)), d_model=int(model_cfg.get("tiny_d_model", 64)),
+                       seed=int(model_cfg.get("tiny_seed", 0)), dtype=resolve_dtype(dtype or model_cfg.get("dtype") or "fp32"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"the tiny run's stored model settings {model_cfg} cannot rebuild its base ({exc}); "
+                          "pass base=tiny_model(...) with the run's settings.") from None
+    if device is not None:
+        m.hf.to(device)
+    return m
 
 
 def unload_oracle(oracle: Any) -> None:

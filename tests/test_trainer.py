@@ -327,3 +327,19 @@ def test_a_full_disk_at_the_first_write_leaves_no_run_folder(tmp_path, monkeypat
     with pytest.raises(OutputWriteError, match="No space left"):
         trainer.train()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tiny_run_loads_without_its_base_and_answers_as_with_it(tiny_run, embedded_tokenizer):
+    """The tiny preset's random base exists nowhere: load_oracle rebuilds it from the run's settings."""
+    import activation_oracles as ao
+    from activation_oracles.tiny import tiny_model
+
+    alone = ao.load_oracle(tiny_run.out_dir)
+    target = tiny_model(tokenizer=embedded_tokenizer)
+    with_base = ao.load_oracle(tiny_run.out_dir, base=target)
+    for name, (a, b) in {"embed": (alone.model.hf.get_input_embeddings().weight,
+                                   target.hf.get_input_embeddings().weight)}.items():
+        assert torch.equal(a, b), name
+    acts = ao.capture(target, "The owl hunts mice at night.", layer_percent=50)
+    q = "Does this text mention an animal?"
+    assert alone.choose(acts, q, ["Yes", "No"]) == pytest.approx(with_base.choose(acts, q, ["Yes", "No"]), abs=1e-6)
