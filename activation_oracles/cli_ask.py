@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from typing import Any
 
 MODES = ("full", "segment", "tokens")
@@ -29,8 +30,9 @@ def _add_ask_parser(subparsers: Any) -> None:
                "  ao ask --acts acts.safetensors --question 'What is the text about?' --mode segment\n"
                "  ao ask --prompt 'The cat sat.' --mode tokens --question 'Is this an animal?' --choices Yes,No --json")
     src = p.add_argument_group("activations")
-    src.add_argument("--target", default="smollm2-135m", metavar="MODEL",
-                     help="target model spec (embedded default, local dir or hub id). Default: %(default)s.")
+    src.add_argument("--target", default=None, metavar="MODEL",
+                     help="target model spec (embedded default, local dir or hub id). Default: the base of an "
+                          "--oracle directory (a tiny run's rebuilt base included), else smollm2-135m.")
     src.add_argument("--prompt", metavar="TEXT", help="the text to run through the target ('-' reads stdin).")
     src.add_argument("--acts", metavar="FILE", help="a saved capture (ao capture --out) instead of --target/--prompt.")
     which = src.add_mutually_exclusive_group()
@@ -89,6 +91,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     _quiet_transformers()
 
     target = None
+    preloaded = None
     if args.acts is not None:
         acts = ao.Activations.load(args.acts)
         if args.layer is not None:
@@ -96,8 +99,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
         elif len(acts.layers) > 1:
             raise CLIUsageError(f"{args.acts} holds layers {list(acts.layers)}; pick one with --layer N.")
     else:
-        _err(f"loading target {args.target} ...")
-        target = ao.load_model(args.target, dtype=args.dtype)
+        if args.target is None and not args.untrained and os.path.isdir(str(args.oracle)):
+            # The oracle's own base is the target (one copy of the weights; the adapter is off outside
+            # oracle calls): this is how a tiny run, whose base exists nowhere on disk, is asked.
+            _err(f"loading oracle {args.oracle} and its base ...")
+            preloaded = ao.load_oracle(args.oracle, dtype=args.dtype)
+            target = preloaded.model
+        else:
+            _err(f"loading target {args.target or 'smollm2-135m'} ...")
+            target = ao.load_model(args.target or "smollm2-135m", dtype=args.dtype)
         kw: dict[str, Any] = {"positions": int(args.positions) if args.positions.lstrip("-").isdigit()
                               else args.positions, "chat": args.chat}
         if args.layer is not None:
@@ -113,6 +123,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         base = target if target is not None else ao.load_model(acts.model_name, dtype=args.dtype)
         oracle = ao.ActivationOracle.untrained(base)
         oracle_name = f"untrained {base.name}"
+    elif preloaded is not None:
+        oracle, oracle_name = preloaded, str(args.oracle)
     else:
         _err(f"loading oracle {args.oracle} ...")
         oracle = ao.load_oracle(args.oracle, base=target, dtype=args.dtype)

@@ -96,3 +96,24 @@ def test_ask_out_into_a_missing_folder_fails_before_loading(tiny_dir: Path, tmp_
     rc = main(["ask", "--target", str(tiny_dir), "--prompt", "Owls.", "--untrained", "--question", "Q?",
                "--out", str(tmp_path / "nope" / "a.jsonl")])
     assert rc != 0 and "nope" in capsys.readouterr().err
+
+
+def test_ask_a_tiny_run_without_a_target(tmp_path: Path, capsys) -> None:
+    """`ao ask --oracle RUN` on a tiny run: its random base is rebuilt and read as the target."""
+    from dataclasses import replace
+
+    from activation_oracles.training.config import apply_overrides
+    from activation_oracles.training.presets import preset
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(preset("tiny"), ["optim.steps=2", "eval.n_examples=0", "checkpoint.every=0"])
+    run = Trainer(replace(cfg, output=replace(cfg.output, progress=False)), out_dir=tmp_path / "run").train().out_dir
+    capsys.readouterr()
+    rc = main(["ask", "--oracle", str(run), "--prompt", "The owl hunts.", "--question", "Is this about an animal?",
+               "--choices", "Yes,No", "--json"])
+    assert rc == 0
+    (record,) = _lines(capsys)
+    oracle = ao.load_oracle(run)
+    acts = ao.capture(oracle.model, "The owl hunts.", layer_percent=50)
+    expected = oracle.choose(acts, "Is this about an animal?", ["Yes", "No"])
+    assert record["probs"] == pytest.approx(expected, abs=1e-6)
