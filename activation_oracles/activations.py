@@ -191,6 +191,11 @@ class Activations:
     def __len__(self) -> int:
         return len(self.positions)
 
+    @property
+    def n_positions(self) -> int:
+        """How many positions were captured (``len(acts)``; the repr shows it under this name)."""
+        return len(self.positions)
+
     def vectors_for(self, layer: int | None = None) -> torch.Tensor:
         """The ``[n_positions, d_model]`` tensor of ``layer`` (default: the single layer)."""
         if layer is not None:

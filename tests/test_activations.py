@@ -199,3 +199,11 @@ def test_saved_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
                        model_name="m", n_layers=2, d_model=4)
     path = acts.save(tmp_path / "acts.safetensors")
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_n_positions_is_what_the_repr_shows():
+    from activation_oracles.activations import Activations
+
+    acts = Activations(vectors={0: torch.zeros(3, 4)}, positions=(0, 1, 2), token_ids=(5, 6, 7),
+                       tokens=("a", "b", "c"), model_name="m", n_layers=2, d_model=4)
+    assert acts.n_positions == 3 == len(acts) and "n_positions=3" in repr(acts)
