@@ -158,7 +158,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 where = "" if args.mode == "full" else f" [{label}]"
                 print(f"Q: {question}{where}\nA: {shown}\n")
     if out_path is not None:
-        from activation_oracles.training.checkpoint import atomic_write_bytes
+        from activation_oracles.files import atomic_write_bytes
 
         atomic_write_bytes(out_path, "".join(json.dumps(r) + "\n" for r in records).encode())
         _err(f"answers written to {out_path}")

@@ -1,8 +1,9 @@
-"""Temporary files for atomic writes that end up with the mode any other new file would get.
+"""Atomic file writes, whose files end up with the mode any other new file would get.
 
 ``tempfile.mkstemp`` creates its file with mode 0600 (private, for temporary secrets); a file
 renamed into place from it would stay unreadable to the user's group and tools. Every atomic
-write of the project creates its temporary file here instead, with ``0666 & ~umask``.
+write of the project goes through here: a temporary file in the target's folder with
+``0666 & ~umask``, fsynced, then renamed over the target (:func:`atomic_write_bytes`).
 
 >>> import os, tempfile
 >>> d = tempfile.mkdtemp()
@@ -43,3 +44,36 @@ def usual_mode(path: str | os.PathLike[str]) -> None:
         os.chmod(path, 0o666 & ~current_umask())
     except OSError:
         pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_beside(p)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(p.parent)

@@ -32,7 +32,7 @@ from typing import Any
 
 from activation_oracles.errors import DataError, OutputDirError
 
-from activation_oracles.files import temp_beside
+from activation_oracles.files import atomic_write_bytes
 from .stats import accuracy_row
 
 METHODS = ("oracle", "oracle:shuffled", "oracle:coeff0", "untrained_oracle", "blackbox:direct", "blackbox:prefill",
@@ -170,22 +170,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
 
 # -- files ---------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace, so a crash never leaves half a file."""
-    fd, tmp = temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(out: Path, results: dict[str, Any], markdown: str) -> None:
     """Write ``results.json`` and ``report.md`` into ``out``, each atomically (the AUROC-style entries)."""
-    _atomic_write(out / RESULTS_FILE, json.dumps(results, indent=1).encode())
-    _atomic_write(out / "report.md", markdown.encode())
+    atomic_write_bytes(out / RESULTS_FILE, json.dumps(results, indent=1).encode())
+    atomic_write_bytes(out / "report.md", markdown.encode())
 
 
 def _plot_name(kind: str) -> str:
@@ -250,8 +238,8 @@ def write_report(out_dir: str | os.PathLike[str], *, task: str, config: Mapping[
                "extra": dict(extra) if extra is not None else None}
     paths = {"results": out / RESULTS_FILE, "report": out / REPORT_FILE}
     # default=str: configs often hold Paths; everything else in a results dict is plain JSON.
-    _atomic_write(paths["results"], (json.dumps(results, indent=2, default=str) + "\n").encode())
-    _atomic_write(paths["report"], render_markdown(results).encode())
+    atomic_write_bytes(paths["results"], (json.dumps(results, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(paths["report"], render_markdown(results).encode())
     pooled = [a for a in results["aggregates"] if a["organism"] == ALL]
     kinds = _kinds(pooled)
     for kind in kinds:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -43,46 +42,13 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..files import temp_beside
+from ..files import atomic_write_bytes
 
 FORMAT = 2
 _OLD_FORMAT = 1  # torch.save pickles (step_*.pt), written by earlier versions
 _NAME = re.compile(r"^step_(\d{8,})\.(safetensors|pt)$")
 _TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
 _MARKERS = (_TENSOR, _TUPLE, _ITEMS)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(p)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(p.parent)
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
