@@ -95,10 +95,19 @@ class ActivationOracle:
         src = acts.layer if layer is None else layer
         return src, acts.vectors_for(src)
 
-    def _item(self, acts: Activations, question: str, layer: int | None) -> _Item:
+    def _item(self, acts: Activations, question: str, layer: int | None,
+              centred: dict[tuple[int, int], torch.Tensor] | None = None) -> _Item:
+        """``centred`` caches the transformed vectors of each (activation set, layer) within one call, so
+        questions about the same activations carry the very same tensor and share one prefix pass."""
         src, vectors_KD = self._vectors(acts, layer)
         if acts.kind == "residual":  # a difference of two models' residuals has no mean to remove
-            vectors_KD = self.config.centre(vectors_KD, src)
+            key = (id(acts), src)
+            found = centred.get(key) if centred is not None else None
+            if found is None:
+                found = self.config.centre(vectors_KD, src)
+                if centred is not None:
+                    centred[key] = found
+            vectors_KD = found
         prompt = build_prompt(self.model.tokenizer, self.config, src, vectors_KD.shape[0], question)
         return _Item(prompt, vectors_KD)
 
@@ -162,7 +171,8 @@ class ActivationOracle:
         check_bool("reuse_prefix", reuse_prefix)
         extra = self._check_generate_kwargs(generate_kwargs)
         pairs, single = _pairs(acts, question)
-        items = [self._item(a, q, layer) for a, q in pairs]
+        centred: dict[tuple[int, int], torch.Tensor] = {}  # ``pairs`` keeps every acts alive: ids stay unique
+        items = [self._item(a, q, layer, centred) for a, q in pairs]
         self._check_length([it.prompt.input_ids for it in items], max_new_tokens)
         answers: list[str | None] = [None] * len(items)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else _null()

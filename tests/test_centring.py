@@ -186,3 +186,23 @@ def test_robust_mean_leaves_out_attention_sink_rows():
     got = robust_mean(torch.cat([ordinary[:20], sink, ordinary[20:]]))
     assert torch.allclose(got, ordinary.mean(0), atol=1e-6)
     assert torch.allclose(robust_mean(ordinary), ordinary.mean(0), atol=1e-6)  # nothing dropped without outliers
+
+
+def test_prefix_reuse_works_for_a_standardised_oracle(tiny, monkeypatch):
+    """Several questions about one activation set share one prefix pass, also when vectors are transformed."""
+    from activation_oracles.oracle import ActivationOracle
+
+    acts = ao.capture(tiny, PROMPTS[0], layers=2)
+    torch.manual_seed(2)
+    oracle = ao.ActivationOracle.untrained(tiny).with_config(
+        activation_means={2: torch.randn(tiny.d_model).tolist()},
+        activation_scales={2: (torch.rand(tiny.d_model) + 0.5).tolist()})
+    calls = []
+    real = ActivationOracle._generate_with_prefix
+    monkeypatch.setattr(ActivationOracle, "_generate_with_prefix",
+                        lambda self, items, *a, **k: calls.append(len(items)) or real(self, items, *a, **k))
+    questions = ["What is it?", "Is this about a city?", "Describe the text."]
+    reused = oracle.ask(acts, questions, max_new_tokens=5)
+    assert calls == [3]  # one prefix pass for the three questions
+    assert reused == oracle.ask(acts, questions, max_new_tokens=5, reuse_prefix=False)
+    assert reused == [oracle.ask(acts, q, max_new_tokens=5) for q in questions]

@@ -93,3 +93,26 @@ def test_bad_settings_are_typed_errors(kw, match):
 def test_data_families_read_the_shared_data(data_dir, embedded_tokenizer):
     b = QuestionFamilies(data_dir, families=["topic", "text_type", "tense"])
     assert {e.meta["family"] for e in _take(b, embedded_tokenizer, 60)} == {"topic", "text_type", "tense"}
+
+
+def test_mention_family_never_names_a_held_out_headline_entity(embedded_tokenizer):
+    from activation_oracles.training.classification import find_shared_data
+    from activation_oracles.training.families import HELD_OUT_NAMES
+
+    data = find_shared_data()
+    if data is None:
+        pytest.skip("no shared data folder beside the checkout")
+    b = QuestionFamilies(data, families=["mention"])
+    classes = {c.lower() for c in b.rows["mention"]}
+    texts = [t.lower() for ts in b.rows["mention"].values() for t in ts]
+    assert len(classes) > 500 and len(texts) > 1000
+    for name in HELD_OUT_NAMES:  # the held-out headline tasks' subjects stay unseen
+        assert not any(name in c for c in classes) and not any(name in t for t in texts)
+    for e in _take(b, embedded_tokenizer, 400, seed=3):
+        text = e.meta["text"].lower()
+        if e.meta["kind"] != "open" and e.meta["asked"] != e.meta["label"]:
+            # a "No" entity is never one the sentence names (a landmark sentence may name two)
+            assert e.meta["asked"].lower() not in text
+        assert e.meta["label"].lower() in text
+        for name in HELD_OUT_NAMES:
+            assert name not in e.question.lower()

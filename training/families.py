@@ -12,7 +12,8 @@ a kind of entity, a tense, a text type) and three kinds of question about it:
 
 Each kind is asked in several phrasings. Every family builds its texts offline: faker's
 locales (language, entity type), VADER's sentiment lexicon, TruthfulQA's categories (topic),
-the tense file of the classification data. Rows split into train/test by a hash of the
+the tense file of the classification data, the relation files' sentences (mention: which
+person or country a sentence is about). Rows split into train/test by a hash of the
 text, so held-out rows of a family exist and never move between runs. Positions are the
 text's own tokens (its last token, or a window ending there), never template tokens.
 
@@ -62,6 +63,9 @@ class Family:
     names: Mapping[str, str] | None = None  # class -> how questions name it (default: the class)
     answers: Mapping[str, str] | None = None  # class -> open answer (default: the class capitalised)
     needs_data: bool = False
+    # A "No" question never names a class whose name the text contains (entity names: a sentence
+    # about a landmark may also name another entity of the family).
+    named_in_text: bool = False
 
     def name_of(self, cls: str) -> str:
         return (self.names or {}).get(cls, cls)
@@ -201,6 +205,37 @@ def tense_rows(data_dir: Path | None) -> list[tuple[str, str]]:
                 if (r.get("sentence") or "").strip() and (r.get("tense") or "").split()]
 
 
+# Names of the held-out headline tasks (classification.py): texts that mention them are never
+# built into the mention family, and they are never asked about, so those tasks stay unseen.
+HELD_OUT_NAMES = ("trump", "obama", "china", "chinese", "beijing")
+# Relation files whose sentences name one entity, and which side of the relation it is.
+_MENTION_RELATIONS = {"factual/person_plays_instrument": "subject", "factual/person_plays_position_in_sport": "subject",
+                      "factual/person_plays_pro_sport": "subject", "factual/superhero_person": "subject",
+                      "factual/superhero_archnemesis": "subject", "factual/country_currency": "subject",
+                      "factual/country_language": "subject", "factual/food_from_country": "object",
+                      "factual/landmark_in_country": "object"}
+
+
+def mention_rows(data_dir: Path | None) -> list[tuple[str, str]]:
+    """Relation sentences labelled by the person or country they are about ("Toko Yasuda plays the guitar.")."""
+    import json
+
+    rows = []
+    for rel, side in _MENTION_RELATIONS.items():
+        path = _data_file(data_dir, f"classification/relations/{rel}.json", "mention")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        templates = [t for t in data.get("prompt_templates", []) if "{}" in t]
+        for i, sample in enumerate(data.get("samples", [])):
+            subject, obj = str(sample.get("subject", "")).strip(), str(sample.get("object", "")).strip()
+            if not subject or not obj or not templates:
+                continue
+            text = f"{templates[i % len(templates)].format(subject)} {obj}."
+            if any(n in text.lower() for n in HELD_OUT_NAMES):
+                continue
+            rows.append((text, subject if side == "subject" else obj))
+    return rows
+
+
 def _data_file(data_dir: Path | None, rel: str, family: str) -> Path:
     if data_dir is None:
         raise ConfigError(f"the {family!r} family reads {rel} under the data folder; pass data_dir=<folder that "
@@ -243,6 +278,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            ("Is this sentence not in the {} tense?", "Is this written in a tense other than the {}?"),
            ("What tense is this sentence in?", "Which tense is used here?"),
            tense_rows, needs_data=True),
+    Family("mention",
+           ("Is this text about {}?", "Does this text mention {}?", "Is {} mentioned here?", "Is this about {}?"),
+           ("Is this text not about {}?", "Is this text about someone or something other than {}?"),
+           ("Who or what is this text about?", "Which name does this text mention?"),
+           mention_rows, needs_data=True, named_in_text=True),
 )}
 
 
@@ -360,6 +400,9 @@ class QuestionFamilies:
                 answer = family.answer_of(cls)
             else:
                 others = [c for c in classes if c != cls]
+                if family.named_in_text:
+                    low = text.lower()
+                    others = [c for c in others if family.name_of(c).lower() not in low]
                 asked = cls if rng.random() < 0.5 else others[rng.randrange(len(others))]
                 templates = family.yes_no if kind == "yes_no" else family.negated
                 question = self.yes_no_prefix + templates[rng.randrange(len(templates))].format(family.name_of(asked))
