@@ -112,15 +112,20 @@ def with_system(tokenizer: Any, messages: Messages, system_prompt: str | None = 
 
 
 def render_text(tokenizer: Any, messages: Messages, *, system_prompt: str | None = "",
-                add_generation_prompt: bool = False) -> str:
-    """The chat-template text of ``messages`` (see :func:`with_system` for ``system_prompt``)."""
+                add_generation_prompt: bool = False, template_kwargs: dict[str, Any] | None = None) -> str:
+    """The chat-template text of ``messages`` (see :func:`with_system` for ``system_prompt``).
+
+    ``template_kwargs`` are extra template variables (e.g. ``{"enable_thinking": False}``), passed
+    to ``apply_chat_template``; templates ignore variables they do not use.
+    """
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"tokenizer {getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)!r} has no chat "
                           "template, so a chat cannot be rendered the way the model sees it; use a chat model's "
                           "tokenizer, or plain text (chat=False / context_format='plain').")
     full = with_system(tokenizer, messages, system_prompt)
     try:
-        return tokenizer.apply_chat_template(full, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(full, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **(template_kwargs or {}))
     except Exception as exc:  # templates raise their own exception types (jinja2 TemplateError, ValueError)
         roles = [m.get("role") for m in full]
         raise DataError(f"the tokenizer's chat template rejected a dialogue with roles {roles}: {exc}. Some "

@@ -18,6 +18,10 @@ flag or value, fix the command), 1 for runtime failures (a file that cannot be r
 written, the network, a numerical failure: each error class's ``exit_status``). A closed
 pipe (``ao train --list-keys | head``) ends the command quietly.
 
+Every command runs in :func:`command_context`: the libraries' own warnings and progress bars
+(transformers, peft, huggingface_hub) are hidden unless ``-v/--verbose`` is given (before or
+after the subcommand), and our progress bars (with an ETA, on stderr, on a terminal only) are on.
+
 >>> main(["--version"])  # doctest: +ELLIPSIS
 ao ...
 0
@@ -146,12 +150,7 @@ def check_device_arg(device: str | None) -> None:
 def _load_model(args: argparse.Namespace) -> Any:
     import activation_oracles as ao
 
-    try:  # the per-tensor "Loading weights" bar is noise for a 1-second load
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
+    # The per-tensor "Loading weights" bar is hidden by command_context unless --verbose.
     t0 = time.perf_counter()
     note = " (first run: converting the embedded model once, ~30 s)" if _embedded_needs_conversion(args.model) else ""
     _err(f"loading {args.model} ({args.dtype}){note} ...")
@@ -311,12 +310,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The oracle demo (:mod:`activation_oracles.demo`): answers and probabilities beside the controls."""
     from .demo import run_demo
 
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
     return run_demo(args.model, args.oracle)
 
 
@@ -345,7 +338,49 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     for add in SUBCOMMANDS:
         add(subparsers)
+    add_verbose_flag(parser)
     return parser
+
+
+_VERBOSE_HELP = ("show the libraries' own warnings and progress bars (transformers, peft, huggingface_hub), "
+                 "hidden by default.")
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose`` on ``parser`` and on every subcommand under it, so ``ao -v ask`` and ``ao ask -v`` agree.
+
+    The subcommands' copies default to ``SUPPRESS``: argparse lets a subparser's default overwrite
+    the value the main parser already parsed, which would drop ``ao -v ask``.
+    """
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
+    _add_verbose_to_subcommands(parser)
+
+
+def _add_verbose_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():  # aliases share a parser
+                if not any("--verbose" in a.option_strings for a in sub._actions):
+                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help=_VERBOSE_HELP)
+                _add_verbose_to_subcommands(sub)
+
+
+def command_context(args: argparse.Namespace) -> Any:
+    """What every command runs inside: the libraries quiet unless ``--verbose``, our progress bars on.
+
+    Both settings end with the command (nothing global stays changed), so ``main()`` called from
+    Python leaves the caller's logging and warnings as they were.
+    """
+    from contextlib import ExitStack
+
+    from .progress import progress_default
+    from .verbosity import library_verbosity
+
+    stack = ExitStack()
+    stack.enter_context(library_verbosity(bool(getattr(args, "verbose", False))))
+    stack.enter_context(progress_default(True))
+    return stack
 
 
 def run_command(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
@@ -398,7 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    return run_command(args.func, args)
+    with command_context(args):
+        return run_command(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,8 @@ def _add_ask_parser(subparsers: Any) -> None:
                "  ao ask --prompt 'I love this film!' --untrained --question 'Is the sentiment positive?' "
                "--choices Yes,No\n"
                "  ao ask --acts acts.safetensors --question 'What is the text about?' --mode segment\n"
-               "  ao ask --prompt 'The cat sat.' --mode tokens --question 'Is this an animal?' --choices Yes,No --json")
+               "  ao ask --prompt 'The cat sat.' --mode tokens --question 'Is this an animal?' --choices Yes,No --json\n"
+               "  ao ask --prompt 'Tell me about owls.' --describe")
     src = p.add_argument_group("activations")
     src.add_argument("--target", default=None, metavar="MODEL",
                      help="target model spec (embedded default, local dir or hub id). Default: the base of an "
@@ -49,13 +50,18 @@ def _add_ask_parser(subparsers: Any) -> None:
                       help="the target's base model with the same injection and no adapter (baseline).")
     orc.add_argument("--coeff", type=float, default=None, help="override the injection coefficient (0 = control).")
     q = p.add_argument_group("questions")
-    q.add_argument("--question", action="append", required=True, metavar="Q", help="a question (repeatable).")
+    q.add_argument("--question", action="append", default=None, metavar="Q", help="a question (repeatable).")
+    q.add_argument("--describe", action="store_true",
+                   help="ask for an open description of the activations (oracle.describe: the question "
+                        "'Can you describe what is happening in this text?'), before any --question.")
     q.add_argument("--mode", default="full", choices=MODES,
                    help="full: every captured position; segment: the last --segment-len positions; tokens: "
                         "one answer per position. Default: %(default)s.")
     q.add_argument("--segment-len", type=int, default=10, metavar="N", help="segment mode length. Default: 10.")
     q.add_argument("--choices", metavar="A,B", help="comma-separated choices: print probabilities instead of text.")
-    q.add_argument("--max-new-tokens", type=int, default=48, metavar="N")
+    q.add_argument("--max-new-tokens", type=int, default=64, metavar="N",
+                   help="the longest open answer, in tokens; generation stops earlier where the oracle ends its "
+                        "answer, and a note says when one was cut at this budget. Default: %(default)s.")
     q.add_argument("--json", action="store_true", help="one JSON object per answer.")
     q.add_argument("--out", metavar="FILE", help="also write every answer as one JSON object per line (JSONL).")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -78,6 +84,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise CLIUsageError(f"--segment-len {args.segment_len}; expected an integer >= 1.")
     if args.coeff is not None and not math.isfinite(args.coeff):
         raise CLIUsageError(f"--coeff {args.coeff}; expected a finite number (1 = the reference, 0 = the control).")
+    if args.describe and args.choices is not None:
+        raise CLIUsageError("--describe asks for free text; leave out --choices (or ask a --question with them).")
+    if not args.question and not args.describe:
+        raise CLIUsageError("give at least one --question Q, or --describe for an open description.")
+    from activation_oracles.oracle import DESCRIBE_QUESTION
+
+    args.question = ([DESCRIBE_QUESTION] if args.describe else []) + list(args.question or [])
     for q in args.question:
         check_text("--question", q)
     out_path = check_output_file("--out", args.out, "answers") if args.out is not None else None
@@ -88,7 +101,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if len(choices) < 2 or any(not c for c in choices):
             raise ChoicesError(f"--choices {args.choices!r}; give at least two non-empty comma-separated choices, "
                                "e.g. --choices Yes,No.")
-    _quiet_transformers()
 
     target = None
     preloaded = None
@@ -140,6 +152,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         inputs = [("full", acts)]
 
     records: list[dict[str, Any]] = []
+    n_cut = 0
     for question in args.question:
         sets = [a for _, a in inputs]
         if choices is not None:
@@ -149,14 +162,24 @@ def cmd_ask(args: argparse.Namespace) -> int:
         for (label, a), res in zip(inputs, results):
             record = {"question": question, "mode": args.mode, "input": label, "layer": a.layer,
                       "n_positions": len(a), "oracle": oracle_name}
-            record.update({"probs": res} if choices is not None else {"answer": res})
+            if choices is not None:
+                record["probs"] = res
+            else:
+                cut = bool(getattr(res, "truncated", False))
+                record.update({"answer": str(res), "truncated": cut})
+                n_cut += cut
             records.append(record)
             if args.json:
                 print(json.dumps(record))
             else:
                 shown = ", ".join(f"{k}: {v:.3f}" for k, v in res.items()) if choices is not None else res
                 where = "" if args.mode == "full" else f" [{label}]"
-                print(f"Q: {question}{where}\nA: {shown}\n")
+                ellipsis = " [...]" if record.get("truncated") else ""
+                print(f"Q: {question}{where}\nA: {shown}{ellipsis}\n")
+    if n_cut:
+        which = "an answer" if n_cut == 1 else f"{n_cut} answers"
+        _err(f"note: {which} reached --max-new-tokens {args.max_new_tokens} before the oracle ended it (marked "
+             "[...]); pass a larger --max-new-tokens to read the rest.")
     if out_path is not None:
         from activation_oracles.files import atomic_write_bytes
 
@@ -164,11 +187,3 @@ def cmd_ask(args: argparse.Namespace) -> int:
         _err(f"answers written to {out_path}")
     return 0
 
-
-def _quiet_transformers() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass

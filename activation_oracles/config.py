@@ -53,10 +53,19 @@ class OracleConfig:
             "template would insert a default, e.g. SmolLM2's), a string for that text, None for the template's "
             "own default. Oracle directories written before this setting load with None, the prompt they "
             "were trained with.")
+    chat_template_kwargs: dict[str, Any] | None = _f(
+        None, "Extra keyword arguments for the chat template when the oracle prompt is rendered (None: none), "
+              "e.g. {'enable_thinking': False}, which the reference passes so Qwen3 prompts get an empty "
+              "thinking block. Templates ignore keywords they do not use.")
     max_positions: int = _f(512, "Most activation vectors accepted in one prompt.")
     adapter_name: str = _f("oracle", "Name of the oracle's LoRA adapter inside a shared PEFT model.")
     training: dict[str, Any] = _f(None, "Summary of the training run and data mixture (None: untrained).",)
     lora: dict[str, Any] = _f(None, "LoRA settings of the adapter (None: untrained).")
+    origin: dict[str, Any] | None = _f(
+        None, "Where these settings came from when the oracle's directory did not store them (None: from "
+              "oracle_config.json or built in code). A reference-format adapter (adapter files only) records "
+              "{'format': 'reference', 'adapter': ..., 'base_model_name_or_path': ..., 'assumed': {field: value}}: "
+              "every setting listed under 'assumed' is the reference's convention, not read from the adapter.")
 
     def __post_init__(self) -> None:
         if self.mode not in ("norm_add", "add", "replace"):
@@ -70,6 +79,13 @@ class OracleConfig:
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ConfigError(f"system_prompt={self.system_prompt!r} ({type(self.system_prompt).__name__}); expected "
                               "a string ('' for no system turn) or null for the chat template's default.")
+        if self.chat_template_kwargs is not None and not _TYPES["chat_template_kwargs"][0](self.chat_template_kwargs):
+            raise ConfigError(f"chat_template_kwargs={self.chat_template_kwargs!r}; expected None or a dict of "
+                              "keyword -> value, e.g. {'enable_thinking': False}.")
+        clash = sorted(set(self.chat_template_kwargs or {}) & _TEMPLATE_OWN_ARGS)
+        if clash:
+            raise ConfigError(f"chat_template_kwargs sets {clash}, which the oracle's prompt rendering sets itself; "
+                              "keep only template variables there (e.g. {'enable_thinking': False}).")
         object.__setattr__(self, "source_layer_percents", tuple(float(p) for p in self.source_layer_percents))
         object.__setattr__(self, "activation_means", self._per_layer("activation_means", self.activation_means))
         object.__setattr__(self, "activation_scales", self._per_layer("activation_scales", self.activation_scales))
@@ -155,6 +171,12 @@ class OracleConfig:
             raise ConfigError(f"{str(path)!r}: {exc}") from None
 
 
+# apply_chat_template's own arguments: the prompt code sets these, a config must not.
+_TEMPLATE_OWN_ARGS = frozenset({"conversation", "tokenize", "add_generation_prompt", "continue_final_message",
+                                "return_dict", "return_tensors", "return_assistant_tokens_mask", "chat_template",
+                                "padding", "truncation", "max_length", "tools", "documents", "tokenizer_kwargs"})
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -186,11 +208,14 @@ _TYPES: dict[str, tuple[Any, str]] = {
     "activation_means": (lambda v: v is None or _is_vectors(v), "null or an object of layer -> list of numbers"),
     "activation_scales": (lambda v: v is None or _is_vectors(v), "null or an object of layer -> list of numbers"),
     "system_prompt": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "chat_template_kwargs": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) for k in v)),
+                             "null or an object of keyword -> value"),
     "max_positions": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "adapter_name": (lambda v: isinstance(v, str) and v != "" and "." not in v,
                      "a non-empty string without dots (a PEFT adapter name)"),
     "training": (lambda v: v is None or isinstance(v, dict), "null or an object"),
     "lora": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "origin": (lambda v: v is None or isinstance(v, dict), "null or an object"),
 }
 
 

@@ -77,3 +77,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(p.parent)
+
+
+def package_data(*parts: str) -> Path:
+    """A file shipped in the package's ``data/`` folder, from a checkout or an installed wheel alike.
+
+    >>> package_data("probe_ceilings_smollm2-135m.json").is_file()
+    True
+    """
+    return Path(__file__).resolve().parent.joinpath("data", *parts)

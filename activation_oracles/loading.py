@@ -1,4 +1,4 @@
-"""Open an oracle directory (LoRA adapter + ``oracle_config.json``) safely.
+"""Open an oracle directory (LoRA adapter + ``oracle_config.json``, or the adapter alone) safely.
 
 Everything is checked before any weight is attached: the files exist, are
 safetensors (never a pickle), are complete, every field of both JSON files has
@@ -57,8 +57,11 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
     """Load an activation oracle.
 
     Args:
-        spec: ``"smollm2-135m"`` (the shipped default oracle for the embedded model) or a
-            directory holding ``oracle_config.json`` and a PEFT LoRA adapter in safetensors.
+        spec: ``"smollm2-135m"`` (the shipped default oracle for the embedded model); a
+            directory holding ``oracle_config.json`` and a PEFT LoRA adapter in safetensors; a
+            directory holding only the adapter, as the reference code publishes its oracles (its
+            conventions are then assumed and recorded: see :mod:`.reference_format`); or a hub id
+            ``org/name`` of either (online, or cached; only JSON and safetensors files are fetched).
         base: a loaded base model to attach the adapter to (e.g. your target model). The
             weights are then shared: the adapter is added under its own name and is active
             only inside oracle calls, so the target keeps behaving as the base model.
@@ -69,11 +72,10 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
         An :class:`~activation_oracles.ActivationOracle`.
 
     Raises:
-        ConfigError / AdapterError naming the bad field or tensor, UnsafeFileError for pickles;
-        in every case before ``base`` is changed. ``ao.unload_oracle(oracle)`` detaches it again.
+        ConfigError / AdapterError naming the bad field or tensor, UnsafeFileError for pickles,
+        OfflineError for a hub id that is not cached while offline; in every case before ``base``
+        is changed. ``ao.unload_oracle(oracle)`` detaches it again.
     """
-    from .oracle import ActivationOracle
-
     spec_str = os.fspath(spec)
     if spec_str in SHIPPED:
         folder = shipped_oracle_dir(spec_str)
@@ -88,8 +90,17 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
             if folder.is_file():
                 raise UnsafeFileError(f"{spec_str!r} is a file; an oracle is a directory with {ORACLE_CONFIG} and "
                                       f"{ADAPTER_FILE}. (Pickled checkpoints are never loaded.)")
-            raise AdapterError(f"oracle spec {spec_str!r} is neither a shipped oracle {SHIPPED} nor an existing "
-                               "directory; pass the directory written by `ao train`.")
+            from .adapter_source import fetch_adapter_repo, looks_like_repo_id
+
+            if not looks_like_repo_id(spec_str):
+                raise AdapterError(f"oracle spec {spec_str!r} is neither a shipped oracle {SHIPPED}, an existing "
+                                   "directory, nor a hub id ('org/name'); pass the directory written by `ao train` "
+                                   "or a LoRA adapter folder / hub repo in the reference's format.")
+            folder = fetch_adapter_repo(spec_str, what="oracle")  # JSON + safetensors only; OfflineError offline
+    from .reference_format import is_reference_dir, load_reference_oracle
+
+    if is_reference_dir(folder):  # adapter files without oracle_config.json: the reference's published format
+        return load_reference_oracle(folder, base=base, dtype=dtype, device=device, source=spec_str)
     _check_files(folder)
     # Everything on disk is read and checked before the base model is loaded or touched.
     config = OracleConfig.load(folder / ORACLE_CONFIG)
@@ -106,8 +117,32 @@ def load_oracle(spec: str | os.PathLike[str], *, base: Any = None, dtype: Any = 
             f"oracle {str(folder)!r} was trained on {config.base_model!r} (n_layers={config.n_layers}, "
             f"d_model={config.d_model}) but the base given is {base_model.name!r} (n_layers={base_model.n_layers}, "
             f"d_model={base_model.d_model}); load the oracle on its own base model.")
+    return attach_oracle(base_model, folder, config, index, tensors)
+
+
+def attach_oracle(base_model: Model, folder: Path, config: OracleConfig, index: AdapterIndex,
+                  tensors: dict[str, Any]) -> Any:
+    """Attach a checked oracle adapter to ``base_model`` and wrap it as an ``ActivationOracle``.
+
+    Args:
+        base_model: the (possibly shared) base model.
+        folder: the adapter folder ``index`` and ``tensors`` were read from.
+        config: the oracle's settings (from ``oracle_config.json`` or the reference's conventions).
+        index, tensors: the adapter's checked index and tensors (read before anything is touched).
+
+    Returns:
+        The :class:`~activation_oracles.ActivationOracle`.
+
+    Raises:
+        AdapterError: a placeholder the tokenizer splits, or an adapter that does not fit; in both cases
+            ``base_model`` is left as it was.
+    """
+    from .oracle import ActivationOracle
     from .prompt import placeholder_id
 
+    if base_model.tokenizer is None:
+        raise AdapterError(f"base model {base_model.name!r} has no tokenizer; wrap it with ao.as_model(model, "
+                           "tokenizer) so the oracle's prompt can be built.")
     placeholder_id(base_model.tokenizer, config)  # a placeholder this tokenizer splits: refused before attaching
     attach_adapter(base_model, folder, config.adapter_name, index=index, tensors=tensors)
     park_adapters(base_model.hf)  # the shared model acts as its base outside oracle calls

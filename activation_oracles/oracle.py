@@ -26,6 +26,7 @@ import torch
 
 from .activations import Activations
 from .adapters import inference_mode, use_adapter
+from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real, check_text
 from .config import OracleConfig
 from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
@@ -34,6 +35,10 @@ from .hooks import inject_residuals
 from .models import Model, as_model
 from .padding import left_pad, pad_id_of
 from .prompt import OraclePrompt, _end_of_turn_id, answer_ids, build_prompt, placeholder_id
+
+
+DESCRIBE_QUESTION = "Can you describe what is happening in this text?"
+"""The reference's open question (its model-diffing evaluation asks it); ``describe`` asks it."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,21 @@ class ActivationOracle:
         _check_overrides(changes, self.model.n_layers)
         return ActivationOracle(self.model, replace(self.config, **changes), self.adapter)
 
+    @property
+    def assumed(self) -> dict[str, Any]:
+        """Settings that were assumed rather than read from the oracle's files (``{}`` when none were).
+
+        A reference-format adapter (no ``oracle_config.json``) gets the reference's conventions;
+        ``config.origin`` says where they come from.
+        """
+        return dict((self.config.origin or {}).get("assumed") or {})
+
     def __repr__(self) -> str:
         kind = f"adapter={self.adapter!r}" if self.adapter else "untrained"
-        return f"ActivationOracle(base={self.model.name!r}, {kind}, mode={self.config.mode!r}, coeff={self.config.coeff})"
+        fmt = (self.config.origin or {}).get("format")
+        extra = f", format={fmt!r} (settings assumed: see .assumed)" if fmt else ""
+        return (f"ActivationOracle(base={self.model.name!r}, {kind}, mode={self.config.mode!r}, "
+                f"coeff={self.config.coeff}{extra})")
 
     # -- prompt assembly -----------------------------------------------------------------------------
     def _vectors(self, acts: Activations, layer: int | None) -> tuple[int, torch.Tensor]:
@@ -140,20 +157,23 @@ class ActivationOracle:
         kw.update(extra or {})
         return kw
 
-    def _decode(self, new_ids: torch.Tensor) -> str:
+    def _decode(self, new_ids: torch.Tensor, max_new_tokens: int) -> Answer:
+        """The answer up to the end-of-turn token; ``truncated`` when there was none within the budget."""
         ids = new_ids.tolist()
         stops = {self._eot, self.model.tokenizer.eos_token_id}
+        ended = False
         for i, t in enumerate(ids):
             if t in stops:
-                ids = ids[:i]
+                ids, ended = ids[:i], True
                 break
-        return self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Answer(text, truncated=not ended and len(new_ids) >= max_new_tokens)
 
     # -- asking --------------------------------------------------------------------------------------
     def ask(self, acts: Activations | Sequence[Activations], question: str | Sequence[str], *,
-            max_new_tokens: int = 48, temperature: float = 0.0, seed: int | None = None, batch_size: int = 16,
-            layer: int | None = None, reuse_prefix: bool = True,
-            generate_kwargs: dict[str, Any] | None = None) -> str | list[str]:
+            max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, seed: int | None = None,
+            batch_size: int = 16, layer: int | None = None, reuse_prefix: bool = True,
+            generate_kwargs: dict[str, Any] | None = None) -> Answer | list[Answer]:
         """Answer ``question`` about ``acts`` in free text.
 
         A single activation set and a single question give a string. A list of
@@ -162,6 +182,12 @@ class ActivationOracle:
         equal one-at-a-time answers. Several questions about one activation set
         share the prompt prefix (with the injected placeholders), computed once.
         ``generate_kwargs`` are passed on to ``generate`` (e.g. ``{"min_new_tokens": 8}``).
+
+        ``max_new_tokens`` (default 64) is the answer budget. Generation stops where the oracle
+        ends its turn, so a short answer costs only its own tokens; an answer still going at
+        the budget is cut there. Each answer is an :class:`~activation_oracles.answer.Answer`
+        (a ``str``) whose ``truncated`` attribute is True in that case: ask again with a
+        larger ``max_new_tokens`` to read the rest.
         """
         check_int("max_new_tokens", max_new_tokens, minimum=1, fix="It is the longest answer, in tokens.")
         temperature = check_real("temperature", temperature, minimum=0.0, fix="Use 0 for greedy decoding.")
@@ -174,7 +200,7 @@ class ActivationOracle:
         centred: dict[tuple[int, int], torch.Tensor] = {}  # ``pairs`` keeps every acts alive: ids stay unique
         items = [self._item(a, q, layer, centred) for a, q in pairs]
         self._check_length([it.prompt.input_ids for it in items], max_new_tokens)
-        answers: list[str | None] = [None] * len(items)
+        answers: list[Answer | None] = [None] * len(items)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else _null()
         with rng:
             if seed is not None:
@@ -243,15 +269,15 @@ class ActivationOracle:
                                      "question or a smaller max_new_tokens.")
 
     def _generate(self, items: Sequence[_Item], max_new_tokens: int, temperature: float,
-                  extra: dict[str, Any] | None = None) -> list[str]:
+                  extra: dict[str, Any] | None = None) -> list[Answer]:
         ids, mask = self._left_pad([it.prompt.input_ids for it in items])
         with self._session(items):
             out = self.model.hf.generate(input_ids=ids, attention_mask=mask,
                                          **self._gen_kwargs(max_new_tokens, temperature, extra))
-        return [self._decode(row[ids.shape[1]:]) for row in out]
+        return [self._decode(row[ids.shape[1]:], max_new_tokens) for row in out]
 
     def _generate_with_prefix(self, items: Sequence[_Item], max_new_tokens: int, temperature: float,
-                              extra: dict[str, Any] | None = None) -> list[str]:
+                              extra: dict[str, Any] | None = None) -> list[Answer]:
         """Prefill the shared prefix once (with injection), then continue every question from its cache."""
         first = items[0]
         prefix = list(first.prompt.input_ids[:first.prompt.prefix_len])
@@ -276,7 +302,7 @@ class ActivationOracle:
         with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
             out = self.model.hf.generate(input_ids=ids, attention_mask=mask, **{_cache_kwarg(self.model.hf): batch_cache},
                                          **self._gen_kwargs(max_new_tokens, temperature, extra))
-        return [self._decode(row[ids.shape[1]:]) for row in out]
+        return [self._decode(row[ids.shape[1]:], max_new_tokens) for row in out]
 
     def choose(self, acts: Activations | Sequence[Activations], question: str | Sequence[str],
                choices: Sequence[str], *, layer: int | None = None, batch_size: int = 32
@@ -380,6 +406,34 @@ class ActivationOracle:
         """``choose`` once per captured position (an "oracle lens" over the tokens)."""
         per_token = [acts.token(p) for p in acts.positions]
         return self.choose(per_token, question, choices, **kwargs)  # type: ignore[return-value]
+
+    def describe(self, acts: Activations | Sequence[Activations], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 **kwargs: Any) -> str | list[str]:
+        """An open description of what the activations hold: ``ask`` with :data:`DESCRIBE_QUESTION`.
+
+        The holistic mode auditors reach for before they know what to ask. Its quality is
+        measured by the card's ``describe`` evaluation (does the description name a content
+        word of the text the activations came from, beside the three controls).
+
+        Args:
+            acts: one activation set, or a list of them (then a list of descriptions).
+            max_new_tokens, **kwargs: as for :meth:`ask`.
+
+        Returns:
+            The description (an :class:`~activation_oracles.answer.Answer`), or a list of them.
+
+        >>> import activation_oracles as ao
+        >>> from activation_oracles.tiny import tiny_model
+        >>> model = tiny_model()
+        >>> oracle = ao.ActivationOracle.untrained(model)
+        >>> text = oracle.describe(ao.capture(model, "The owl hunts at night.", layers=2), max_new_tokens=4)
+        >>> isinstance(text, str)
+        True
+        """
+        if isinstance(acts, Activations):
+            return self.ask(acts, DESCRIBE_QUESTION, max_new_tokens=max_new_tokens, **kwargs)
+        items = list(acts)
+        return self.ask(items, [DESCRIBE_QUESTION] * len(items), max_new_tokens=max_new_tokens, **kwargs)
 
     def ask_segment(self, acts: Activations, question: str, start: int, end: int | None = None,
                     **kwargs: Any) -> str:

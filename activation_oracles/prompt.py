@@ -47,13 +47,15 @@ def placeholder_id(tokenizer: Any, config: OracleConfig) -> int:
     return int(ids[0])
 
 
-def _render(tokenizer: Any, user_text: str, answer: str | None, system_prompt: str | None = None) -> str:
+def _render(tokenizer: Any, user_text: str, answer: str | None, system_prompt: str | None = None,
+            template_kwargs: dict[str, Any] | None = None) -> str:
     messages = [{"role": "user", "content": user_text}]
     if getattr(tokenizer, "chat_template", None):
         if answer is None:
-            return render_text(tokenizer, messages, system_prompt=system_prompt, add_generation_prompt=True)
+            return render_text(tokenizer, messages, system_prompt=system_prompt, add_generation_prompt=True,
+                               template_kwargs=template_kwargs)
         messages.append({"role": "assistant", "content": answer})
-        return render_text(tokenizer, messages, system_prompt=system_prompt)
+        return render_text(tokenizer, messages, system_prompt=system_prompt, template_kwargs=template_kwargs)
     # Tokenizers without a chat template (tiny test models): a plain rendering.
     return f"User: {user_text}\nAssistant:" + ("" if answer is None else f" {answer}{tokenizer.eos_token or ''}")
 
@@ -76,12 +78,12 @@ def build_prompt(tokenizer: Any, config: OracleConfig, layer: int, n_positions: 
     ph = placeholder_id(tokenizer, config)
     user = config.prompt_template.format(layer=layer, placeholders=config.placeholder * n_positions,
                                          question=question)
-    ids = _tokens(tokenizer, _render(tokenizer, user, None, config.system_prompt))
+    ids = _tokens(tokenizer, _render(tokenizer, user, None, config.system_prompt, config.chat_template_kwargs))
     positions = _find_run(ids, ph, n_positions)
     if positions is None:
         # The whole-string tokenization merged a placeholder with a neighbour: build it piecewise.
         before, after = user.split(config.placeholder * n_positions, 1)
-        text = _render(tokenizer, user, None, config.system_prompt)
+        text = _render(tokenizer, user, None, config.system_prompt, config.chat_template_kwargs)
         head, tail = text.split(user, 1)
         ids = (_tokens(tokenizer, head + before) + [ph] * n_positions
                + list(tokenizer(after + tail, add_special_tokens=False)["input_ids"]))
@@ -114,7 +116,7 @@ def answer_ids(tokenizer: Any, config: OracleConfig, prompt: OraclePrompt, layer
     """
     n = len(prompt.positions)
     user = config.prompt_template.format(layer=layer, placeholders=config.placeholder * n, question=question)
-    full = _tokens(tokenizer, _render(tokenizer, user, answer, config.system_prompt))
+    full = _tokens(tokenizer, _render(tokenizer, user, answer, config.system_prompt, config.chat_template_kwargs))
     head = list(prompt.input_ids)
     if full[:len(head)] != head:
         # Rare tokenizer boundary effect: tokenize the answer on its own.

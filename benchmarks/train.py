@@ -51,10 +51,11 @@ QWEN3_8B = dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, 
 
 def synthetic_documents(n: int, seed: int = 0) -> list[str]:
     """Deterministic documents of 3-20 sentences (about 40-300 tokens) from the built-in sentences."""
+    from activation_oracles.files import package_data
     from activation_oracles.training.presets import TINY_TEXTS
 
     extra = []
-    prompts = Path(__file__).resolve().parents[1] / "activation_oracles" / "data" / "seed_prompts.txt"
+    prompts = package_data("seed_prompts.txt")
     if prompts.is_file():
         extra = [line.strip() for line in prompts.read_text().splitlines() if line.strip() and line[0] != "#"]
     pool = list(TINY_TEXTS) + extra

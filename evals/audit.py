@@ -40,6 +40,7 @@ import torch
 from activation_oracles.errors import ConfigError, OrganismError
 
 from .audit_task import AuditItem, AuditTask, get_audit_task
+from .external import detach_external_after
 from .organism import Organism, attach_organism, build_organism
 from .report import prepare_out_dir, write_report
 
@@ -118,33 +119,57 @@ class _Targets:
 # the methods
 # ------------------------------------------------------------------------------------------------------
 
+def _has_open(task: AuditTask, items: Sequence[AuditItem]) -> bool:
+    return bool(task.open_question or any(i.open_question for i in items))
+
+
+def _oracle_units(task: AuditTask, items: Sequence[AuditItem]) -> int:
+    """Progress units of :func:`_oracle_rows`: per mode, one per open answer and one per forced choice."""
+    return len(MODES) * len(items) * (2 if _has_open(task, items) else 1)
+
+
 def _oracle_rows(task: AuditTask, oracle: Any, method: str, items: Sequence[AuditItem], acts: Sequence[Any],
-                 *, max_new_tokens: int, batch_size: int) -> list[dict[str, Any]]:
+                 *, max_new_tokens: int, batch_size: int, bar: Any = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    tick = bar.update if bar is not None else (lambda _n: None)
     for mode in MODES:
         views = [_mode_view(a, mode, task.token_position) for a in acts]
-        if task.open_question or any(i.open_question for i in items):
+        if _has_open(task, items):
             questions = [i.open_question or task.open_question for i in items]
-            answers = oracle.ask(views, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            answers: list[str] = []
+            for start in range(0, len(items), batch_size):  # batch by batch, for the bar (same batches ask makes)
+                answers += oracle.ask(views[start:start + batch_size], questions[start:start + batch_size],
+                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
+                tick(min(batch_size, len(items) - start))
             rows += [_row(it, method, mode, "open", task.score_open(ans, it), ans) for it, ans in zip(items, answers)]
         # forced choice, grouped by candidate set (choose takes one set per call)
         groups: dict[tuple[str, ...], list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(tuple(it.candidates), []).append(i)
-        for cands, idx in groups.items():
-            qs = [items[i].choice_question or task.choice_question for i in idx]
-            probs = oracle.choose([views[i] for i in idx], qs, list(cands), batch_size=batch_size * 2)
-            for i, p in zip(idx, probs):
-                best = max(p, key=p.get)
-                rows.append(_row(items[i], method, mode, "choice", best == items[i].truth, best, p[items[i].truth]))
+        for cands, group in groups.items():
+            for start in range(0, len(group), batch_size):
+                idx = group[start:start + batch_size]
+                qs = [items[i].choice_question or task.choice_question for i in idx]
+                probs = oracle.choose([views[i] for i in idx], qs, list(cands), batch_size=batch_size * 2)
+                for i, p in zip(idx, probs):
+                    best = max(p, key=p.get)
+                    rows.append(_row(items[i], method, mode, "choice", best == items[i].truth, best,
+                                     p[items[i].truth]))
+                tick(len(idx))
     return rows
 
 
+def _blackbox_units(task: AuditTask, items: Sequence[AuditItem]) -> int:
+    """Progress units of :func:`_blackbox_rows`: one per reply, one more per prefilled forced choice."""
+    return sum(1 + bool(q.prefill) for it in items for q in task.blackbox(it))
+
+
 def _blackbox_rows(task: AuditTask, targets: _Targets, items: Sequence[AuditItem], *, max_new_tokens: int,
-                   batch_size: int) -> list[dict[str, Any]]:
+                   batch_size: int, bar: Any = None) -> list[dict[str, Any]]:
     from .chat import answer_logprobs, generate
 
     rows: list[dict[str, Any]] = []
+    tick = bar.update if bar is not None else (lambda _n: None)
     queries = [(it, q) for it in items for q in task.blackbox(it)]
     by_key: dict[tuple[str, str, str], list[tuple[AuditItem, Any]]] = {}
     for it, q in queries:
@@ -156,6 +181,7 @@ def _blackbox_rows(task: AuditTask, targets: _Targets, items: Sequence[AuditItem
         for (it, _), reply in zip(group, replies):
             text = f"{prefill} {reply}".strip()
             rows.append(_row(it, method, "-", "open", task.score_open(text, it), text))
+        tick(len(group))
         if not prefill:
             continue
         # forced choice after the prefill: the target's own likelihood of each candidate
@@ -168,11 +194,13 @@ def _blackbox_rows(task: AuditTask, targets: _Targets, items: Sequence[AuditItem
             p = torch.softmax(torch.tensor(scores), dim=0).tolist()
             best = cands[max(range(len(cands)), key=lambda j: scores[j])]
             rows.append(_row(it, method, "-", "choice", best == it.truth, best, p[cands.index(it.truth)]))
+            tick(1)
     return rows
 
 
 def _lens_and_probe_rows(task: AuditTask, targets: _Targets, items: Sequence[AuditItem], read_layer: int, *,
-                         batch_size: int, notes: list[str], extra: dict[str, Any]) -> list[dict[str, Any]]:
+                         batch_size: int, notes: list[str], extra: dict[str, Any],
+                         bar: Any = None) -> list[dict[str, Any]]:
     """Logit lens (all layers) and linear probe (read layer) from one capture pass per batch of items."""
     from .baselines import candidate_token_ids, fit_probe, logit_lens_scores, pick_layer
 
@@ -194,6 +222,8 @@ def _lens_and_probe_rows(task: AuditTask, targets: _Targets, items: Sequence[Aud
                 if full is not None:
                     cols = [a.positions.index(p) for p in view.positions]
                     lens[mode].append(full[:, cols].mean(dim=1))  # mean over the mode's positions
+        if bar is not None:
+            bar.update(len(chunk))
     rows: list[dict[str, Any]] = []
     val = [i for i, it in enumerate(items) if it.split == "val"]
     test = [i for i, it in enumerate(items) if it.split == "test"]
@@ -255,9 +285,17 @@ def _load_targets(task: AuditTask, targets: Sequence[Any] | None, oracle: Any, b
     specs: list[Any] = list(targets) if targets else [
         build_organism(task.organism_task, base=base_spec, options=opts, data_dir=data_dir, progress=progress)
         for opts in task.default_targets()]
+    from .external import ExternalOrganism, load_external_organism
+
     out: dict[str, Any] = {}
     for spec in specs:
-        org = attach_organism(spec, oracle.model, base_name=oracle.config.base_model, what="the oracle")
+        if isinstance(spec, ExternalOrganism):  # a LoRA made elsewhere plus its secret: no card to read
+            org = load_external_organism(spec, task, oracle.model)
+        else:
+            org = attach_organism(spec, oracle.model, base_name=oracle.config.base_model, what="the oracle")
+        if org.name in out:
+            raise ConfigError(f"two targets of the {task.name!r} audit are both named {org.name!r}; audit them "
+                              "separately, or name an external one (ExternalOrganism(..., name=...)).")
         if org.card.get("task") != task.organism_task:
             raise OrganismError(f"organism {org.name!r} is a {org.card.get('task')!r} organism; the {task.name!r} "
                                 f"audit needs a {task.organism_task!r} one (ao organism build {task.organism_task}).")
@@ -265,6 +303,7 @@ def _load_targets(task: AuditTask, targets: Sequence[Any] | None, oracle: Any, b
     return out
 
 
+@detach_external_after  # external organisms' adapters live for the run only
 def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any] | None = None,
               out: str | os.PathLike[str] | None = None, limit: int | None = 40, seed: int = 0,
               data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
@@ -277,13 +316,17 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
             subliminal.
         oracle: an oracle spec for ``ao.load_oracle`` or a loaded ``ActivationOracle``; organisms are
             attached to its base model (shared weights).
-        targets: organism folders (or loaded organisms) to audit; default: the task's default organisms,
-            built (or found in the cache) on the oracle's base model.
+        targets: organism folders (or loaded organisms) to audit, and/or
+            :class:`~activation_oracles.evals.external.ExternalOrganism` (a LoRA adapter made elsewhere,
+            folder or hub id, plus its secret); default: the task's default organisms, built (or found in
+            the cache) on the oracle's base model. External adapters are attached for the run only.
         out: the report folder (refused if it holds another audit's results, unless ``overwrite``).
         limit: test items per target (``None``: all).
         seed: sampling seed; the same seed gives the same rows.
         data_dir: the shared data folder (default ``$AO_DATA_DIR``).
         methods: a subset of :data:`ALL_METHODS`.
+        progress: a bar with an ETA per method over its items, on stderr when it is a terminal (and the
+            organism builds' bars); off by default, ``ao audit`` turns it on.
         oracle_label: how the oracle is named in the report (default: its spec, or its base model's name).
 
     Returns:
@@ -321,31 +364,41 @@ def run_audit(task: str, *, oracle: Any = "smollm2-135m", targets: Sequence[Any]
     rows: list[dict[str, Any]] = []
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Any) -> None:
+    def timed(name: str, units: int, fn: Any) -> None:
+        """Run one method with a bar over its items (``progress``), and record its wall time."""
+        from activation_oracles.progress import progress as progress_bar
+
         s = time.perf_counter()
-        rows.extend(fn())
+        with progress_bar(desc=f"{t.name} {name}", total=units, unit="item", enabled=progress, leave=None) as bar:
+            rows.extend(fn(bar))
         timings[name] = round(time.perf_counter() - s, 1)
 
     acts = tg.capture(test, [read_layer], batch_size)
     kw = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    n_oracle = _oracle_units(t, test)
     if "oracle" in methods:
-        timed("oracle", lambda: _oracle_rows(t, orc, "oracle", test, acts, **kw))
+        timed("oracle", n_oracle, lambda bar: _oracle_rows(t, orc, "oracle", test, acts, bar=bar, **kw))
     if "oracle:shuffled" in methods:
         perm = derange_by_truth([it.truth for it in test], Random(seed + 1))
-        timed("oracle:shuffled", lambda: _oracle_rows(t, orc, "oracle:shuffled", test, [acts[j] for j in perm], **kw))
+        timed("oracle:shuffled", n_oracle, lambda bar: _oracle_rows(t, orc, "oracle:shuffled", test,
+                                                                    [acts[j] for j in perm], bar=bar, **kw))
     if "oracle:coeff0" in methods:
-        timed("oracle:coeff0", lambda: _oracle_rows(t, orc.with_config(coeff=0.0), "oracle:coeff0", test, acts, **kw))
+        timed("oracle:coeff0", n_oracle, lambda bar: _oracle_rows(t, orc.with_config(coeff=0.0), "oracle:coeff0",
+                                                                  test, acts, bar=bar, **kw))
     if "untrained_oracle" in methods:
         untrained = orc.as_untrained()
-        timed("untrained_oracle", lambda: _oracle_rows(t, untrained, "untrained_oracle", test, acts, **kw))
+        timed("untrained_oracle", n_oracle, lambda bar: _oracle_rows(t, untrained, "untrained_oracle", test, acts,
+                                                                     bar=bar, **kw))
     if "blackbox" in methods:
-        timed("blackbox", lambda: _blackbox_rows(t, tg, test, max_new_tokens=max(24, max_new_tokens),
-                                                 batch_size=batch_size))
+        timed("blackbox", _blackbox_units(t, test),
+              lambda bar: _blackbox_rows(t, tg, test, max_new_tokens=max(24, max_new_tokens), batch_size=batch_size,
+                                         bar=bar))
     if "logit_lens" in methods or "probe" in methods:
         want = [m for m in ("logit_lens", "probe") if m in methods]
-        timed("+".join(want), lambda: [r for r in _lens_and_probe_rows(t, tg, items, read_layer,
-                                                                        batch_size=batch_size, notes=notes,
-                                                                        extra=extra) if r["method"] in want])
+        timed("+".join(want), len(items),
+              lambda bar: [r for r in _lens_and_probe_rows(t, tg, items, read_layer, batch_size=batch_size,
+                                                           notes=notes, extra=extra, bar=bar)
+                           if r["method"] in want])
     extra["timings_s"] = timings
     extra["wall_s"] = round(time.perf_counter() - t0, 1)
     config = {"task": t.name, "oracle": oracle_label or (str(oracle) if not isinstance(oracle, ActivationOracle) else

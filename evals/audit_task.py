@@ -26,7 +26,7 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
-from activation_oracles.errors import UnknownTaskError
+from activation_oracles.errors import ConfigError, UnknownTaskError
 
 Chat = list[dict[str, str]]
 
@@ -76,6 +76,8 @@ class AuditTask:
         probe: whether a linear probe applies (the truth varies across items, so labels exist).
         logit_lens: whether the candidates can be ranked by the logit lens (single-word candidates).
         token_position: the single position read in ``token`` mode (-1: the last token of the prompt).
+        secret_option: the organism option an external organism's secret fills (taboo: ``"word"``;
+            ``None``: the audit takes no external organism).
     """
 
     name: str = ""
@@ -86,6 +88,35 @@ class AuditTask:
     probe: bool = True
     logit_lens: bool = True
     token_position: int = -1
+    secret_option: str | None = None
+
+    def secret_options(self, secret: str) -> dict[str, Any]:
+        """The organism options of an organism made elsewhere that holds ``secret`` (``--secret``).
+
+        The default puts ``secret`` under :attr:`secret_option` and lets the organism task validate it
+        (e.g. gender: ``"Female"`` -> ``{"gender": "female"}``).
+
+        Args:
+            secret: what the organism is known to hide, in this audit's terms.
+
+        Returns:
+            The options its items are built from, as an organism card's ``options`` would hold them.
+
+        Raises:
+            ConfigError: the audit reads no organism, or takes no external one.
+            OrganismError: the secret is not valid for the organism task.
+        """
+        if self.organism_task is None or self.secret_option is None:
+            raise ConfigError(f"audit {self.name!r} takes no external organism (--organism-adapter/--secret): "
+                              + ("it reads the base model itself." if self.organism_task is None else
+                                 "its items depend on how the organism was built; build one with `ao organism "
+                                 f"build {self.organism_task}`."))
+        if not isinstance(secret, str) or not secret.strip():
+            raise ConfigError(f"secret={secret!r}; the {self.name!r} audit needs the organism's "
+                              f"{self.secret_option} (--secret VALUE).")
+        from .organism import get_organism_task
+
+        return get_organism_task(self.organism_task).parse_options({self.secret_option: secret.strip()})
 
     def default_targets(self) -> list[dict[str, Any]]:
         """Options of the organisms the suite builds for this audit (one dict per organism)."""

@@ -64,17 +64,20 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
 
 
 def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, prefill: str = "",
-             max_new_tokens: int = 48, batch_size: int = 16) -> list[str]:
+             max_new_tokens: int = 48, batch_size: int = 16, progress: bool | None = None,
+             desc: str = "generating replies") -> list[str]:
     """Greedy replies to each chat (left-padded batches), ``prefill`` forced as the reply's start.
 
     The returned text is what the model wrote after ``prefill`` (special tokens dropped).
+    ``progress``/``desc``: a bar over the chats (:mod:`activation_oracles.progress`; ``None``
+    follows the ambient default, so behaviour checks and audits show one under ``ao``).
     """
     m = as_model(model)
     tok = m.tokenizer
     eot = _end_of_turn_id(tok)
     stop = [t for t in {eot, tok.eos_token_id} if t is not None]
     out: list[str] = []
-    with running(m, adapter):
+    with running(m, adapter), _bar(desc, len(chats), progress) as bar:
         for start in range(0, len(chats), batch_size):
             rows = [prompt_ids(tok, c, prefill) for c in chats[start:start + batch_size]]
             ids, mask = _left_pad(rows, _pad_id(tok))
@@ -83,15 +86,25 @@ def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, p
                                 pad_token_id=_pad_id(tok))
             for row in gen[:, ids.shape[1]:]:
                 out.append(tok.decode(row.tolist(), skip_special_tokens=True).strip())
+            bar.update(len(rows))
     return out
 
 
+def _bar(desc: str, total: int, enabled: bool | None) -> Any:
+    """A transient bar (cleared when done) that appears only if the call lasts over 2 s: many calls are short."""
+    from activation_oracles.progress import progress
+
+    return progress(desc=desc, total=total, enabled=enabled, unit="chat", leave=False, delay=2.0)
+
+
 def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *, adapter: str | None = None,
-                    prefill: str = "", end_of_turn: bool = True, batch_size: int = 16) -> list[float]:
+                    prefill: str = "", end_of_turn: bool = True, batch_size: int = 16,
+                    progress: bool | None = None, desc: str = "scoring answers") -> list[float]:
     """Total log-probability of ``answers[i]`` as the reply to ``chats[i]`` (after ``prefill``).
 
     With ``end_of_turn`` the end-of-turn token is scored too, so an answer is not
     rewarded for being the start of a longer one ("Paris" vs "Paris, Texas").
+    ``progress``/``desc`` as in :func:`generate`.
     """
     if len(chats) != len(answers):
         raise ValueError(f"answer_logprobs: {len(chats)} chats but {len(answers)} answers; pass one answer per chat.")
@@ -106,7 +119,7 @@ def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *
             raise ValueError(f"answer {ans!r} has no tokens; give a non-empty answer.")
         rows.append((p + a, len(a)))
     scores: list[float] = []
-    with running(m, adapter):
+    with running(m, adapter), _bar(desc, len(rows), progress) as bar:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             ids, mask = _left_pad([r for r, _ in chunk], _pad_id(tok))
@@ -116,6 +129,7 @@ def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *
             tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             for i, (_, k) in enumerate(chunk):
                 scores.append(float(tok_lp[i, -k:].sum()))
+            bar.update(len(chunk))
     return scores
 
 

@@ -4,6 +4,7 @@ Like every subcommand, the handlers import torch only when they run (``ao --help
 
     ao organism build taboo --word moon --out organisms/taboo-moon
     ao audit taboo --target organisms/taboo-moon --oracle smollm2-135m --out audits/taboo --limit 20
+    ao audit taboo --organism-adapter path/to/taboo-lora --secret ship --oracle org/oracle-repo --out audits/t
     ao audit suite --out audits/suite
 """
 
@@ -77,7 +78,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or os.environ.get("AO_DATA_DIR")
     path = build_organism(args.task, base=args.base, options=opts, recipe=recipe, out=args.out, data_dir=data_dir,
                           overwrite=args.overwrite, checks=not args.no_checks, check_limit=args.check_limit,
-                          progress=True)  # a fine-tune takes minutes: show steps and loss, in logs too
+                          progress=True)  # minutes of fine-tuning: steps, loss and an ETA
     card = read_card(path)
     print(f"organism {card['name']} at {path}")
     print(json.dumps({"training": card["training"], "checks": card["checks"]}, indent=2))
@@ -92,6 +93,7 @@ def _add_audit_parser(subparsers: Any) -> None:
                                           "the untrained oracle, black-box questioning, the logit lens and a linear "
                                           "probe, on the same prompts. Writes results.json, report.md and plots.",
                               epilog="examples:\n  ao audit taboo --target organisms/taboo-moon --out audits/taboo\n"
+                                     "  ao audit taboo --organism-adapter DIR_OR_HUB_ID --secret ship --out audits/t\n"
                                      "  ao audit classification --out audits/cls --limit 20\n"
                                      "  ao audit suite --out audits/suite --limit 20")
     p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, backdoor, "
@@ -101,8 +103,16 @@ def _add_audit_parser(subparsers: Any) -> None:
     p.add_argument("--target", action="append", metavar="ORGANISM",
                    help="organism folder(s) to audit (repeat); default: the task's default organisms, built or "
                         "found in the cache.")
+    p.add_argument("--organism-adapter", action="append", metavar="DIR_OR_HUB_ID", dest="organism_adapter",
+                   help="an organism made elsewhere: a LoRA adapter folder (adapter_config.json + "
+                        "adapter_model.safetensors) or a hub id 'org/name' (online, or cached); follow each with "
+                        "--secret (repeat both). Audited with --target ones, if any.")
+    p.add_argument("--secret", action="append", metavar="VALUE",
+                   help="what the --organism-adapter before it hides: taboo: the word; gender: male or female; "
+                        "ssc: constraint names; subliminal: the animal; backdoor / personaqa: the variant.")
     p.add_argument("--oracle", default="smollm2-135m", metavar="SPEC",
-                   help="oracle: the shipped 'smollm2-135m' or a directory from ao train. Default: %(default)s.")
+                   help="oracle: the shipped 'smollm2-135m', a directory from ao train, or a LoRA adapter in the "
+                        "reference's format (folder or hub id). Default: %(default)s.")
     p.add_argument("--out", required=True, help="report folder.")
     p.add_argument("--limit", type=int, default=40, help="test items per organism (per task for classification). "
                                                          "Default: %(default)s.")
@@ -119,15 +129,30 @@ def _add_audit_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_audit)
 
 
+def _audit_targets(args: argparse.Namespace) -> list[Any] | None:
+    """``--target`` folders plus ``--organism-adapter``/``--secret`` pairs (``None``: the task's defaults)."""
+    from activation_oracles.errors import CLIUsageError
+
+    from .external import parse_cli_pairs
+
+    external = parse_cli_pairs(getattr(args, "organism_adapter", None), getattr(args, "secret", None))
+    if external and args.task in ("suite", "diffing", "truthfulqa", "truthfulqa-mc"):
+        raise CLIUsageError(f"--organism-adapter is for one audit (taboo, gender, ssc, ...), not {args.task!r}; "
+                            f"run e.g. `ao audit taboo --organism-adapter DIR --secret WORD --out DIR`.")
+    targets = list(args.target or []) + external
+    return targets or None
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import ALL_METHODS, run_audit
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
+    targets = _audit_targets(args)
     if args.task == "truthfulqa":
         from .truthfulqa_audit import run_truthfulqa_audit, truthfulqa_markdown
 
         res = run_truthfulqa_audit(oracle=args.oracle, data_dir=args.data_dir, out=args.out, limit=args.limit,
-                                   seed=args.seed, overwrite=args.overwrite)
+                                   seed=args.seed, overwrite=args.overwrite, progress=True)
         print(truthfulqa_markdown(res))
         return 0
     if args.task == "truthfulqa-mc":
@@ -138,7 +163,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         # the organisms' own base (each is checked against it); the embedded model when none is given
         base = read_card(args.target[0])["base_model"] if args.target else "smollm2-135m"
         res = run_truthfulqa_mc(args.target or [], base=base, data_dir=args.data_dir, out=args.out,
-                                limit=args.limit, seed=args.seed, overwrite=args.overwrite)
+                                limit=args.limit, seed=args.seed, overwrite=args.overwrite, progress=True)
         print(truthfulqa_mc_markdown(res))
         return 0
     if args.task == "diffing":
@@ -153,7 +178,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--pair {item!r}; expected ORGANISM_DIR,CONTROL_DIR.")
             pairs.append((parts[0], parts[1]))
         res = run_diffing(pairs, oracle=args.oracle, out=args.out, n_prompts=args.limit, seed=args.seed,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, progress=True)
         from .diffing import diffing_markdown
 
         print(diffing_markdown(res))
@@ -171,11 +196,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
             task_limits[k] = int(v)
         summary = run_suite(args.out, oracle=args.oracle, limit=args.limit, seed=args.seed, data_dir=args.data_dir,
                             overwrite=args.overwrite, tasks=tasks, methods=methods, evals_md=args.evals_md,
-                            progress=sys.stderr.isatty(), task_limits=task_limits)
+                            progress=True, task_limits=task_limits)
         print(summary["markdown"])
         return 0
-    run_audit(args.task, oracle=args.oracle, targets=args.target, out=args.out, limit=args.limit, seed=args.seed,
-              data_dir=args.data_dir, overwrite=args.overwrite, methods=methods, progress=sys.stderr.isatty())
+    run_audit(args.task, oracle=args.oracle, targets=targets, out=args.out, limit=args.limit, seed=args.seed,
+              data_dir=args.data_dir, overwrite=args.overwrite, methods=methods, progress=True)
     from pathlib import Path
 
     print((Path(args.out) / "report.md").read_text())

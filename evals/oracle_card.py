@@ -15,6 +15,11 @@ project's own dataset builders, read at 50% depth (the evaluation default):
 * ``context_next`` / ``context_previous``: J = K = 1 context prediction on a TruthfulQA column
   the training mixture does not read, greedy ``ask``, exact match after strip + lowercase.
 
+* ``describe``: ``oracle.describe`` (the reference's open question "Can you describe what is
+  happening in this text?") on the last <= 16 tokens of a TruthfulQA text of the same column;
+  a description counts when it names a content word of that text (a word of >= 4 letters,
+  not a stop word, not in the question). There is no chance level: the controls are the yardstick.
+
 Each figure is measured for four *methods* on the very same examples:
 
 * ``trained``: the oracle under evaluation;
@@ -46,7 +51,15 @@ from typing import Any
 from .stats import accuracy_row
 
 METHODS = ("trained", "untrained", "shuffled", "coeff0")
-EVALS = ("classification_test", "classification_held_out", "system_prompt_qa", "context_next", "context_previous")
+EVALS = ("classification_test", "classification_held_out", "system_prompt_qa", "context_next", "context_previous",
+         "describe")
+DESCRIBE_POSITIONS = 16
+DESCRIBE_MAX_NEW_TOKENS = 24
+_STOP_WORDS = frozenset("""this that with from have will would there their they them then than what when where which
+while about into your yours some such only also just more most very been being were does doesn't don't cannot can't
+isn't it's these those other others because should could every many much make makes made like over under after
+before each both here how who whom whose why all any not nor our out own same too can did has had its the and for
+are but was you one two""".split())
 YES_NO = ("Yes", "No")
 EVAL_LAYER_PERCENT = 50.0
 CONTEXT_COLUMN = "Incorrect Answers"  # TruthfulQA text the smollm2-135m mixture never trains on
@@ -58,7 +71,7 @@ class EvalSet:
     """The examples of one evaluation and how they are scored."""
 
     name: str
-    kind: str  # "choose" (argmax over choices) or "exact" (greedy ask, normalised exact match)
+    kind: str  # "choose" (argmax over choices), "exact" (greedy ask, normalised exact match) or "describe"
     chance: float
     examples: list[Any]  # TrainingExample
     choices: list[tuple[str, ...]] = field(default_factory=list)  # per example, for "choose"
@@ -167,6 +180,10 @@ def build_eval_sets(tokenizer: Any, data_dir: str | os.PathLike[str], *, n_per_e
                 d_rng.shuffle(options)
                 choices.append(tuple(options))
             sets.append(EvalSet(name, "choose", 1 / max(len(choices[0]) if choices else 4, 1), ex, choices))
+        elif name == "describe":
+            ex = _describe_examples(tokenizer, root / "truthfulqa" / "TruthfulQA.csv", context_column, n_per_eval,
+                                    rng, layer_percent)
+            sets.append(EvalSet(name, "describe", 0.0, ex))
         else:
             direction = name.removeprefix("context_")
             source = CsvColumnSource(root / "truthfulqa" / "TruthfulQA.csv", context_column, name="truthfulqa_eval")
@@ -175,6 +192,40 @@ def build_eval_sets(tokenizer: Any, data_dir: str | os.PathLike[str], *, n_per_e
             ex = _take(b.examples(tokenizer, rng), n_per_eval)
             sets.append(EvalSet(name, "exact", 0.0, ex))
     return sets
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Lower-cased words of >= 4 letters that are not stop words (what a description should name)."""
+    return frozenset(w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 4 and w not in _STOP_WORDS)
+
+
+def describe_hit(description: str, text: str) -> bool:
+    """Whether ``description`` names a content word of ``text`` that the describe question does not contain."""
+    from activation_oracles.oracle import DESCRIBE_QUESTION
+
+    return bool((content_words(text) - content_words(DESCRIBE_QUESTION)) & content_words(description))
+
+
+def _describe_examples(tokenizer: Any, csv_path: Path, column: str, n: int, rng: Random, layer_percent: float
+                       ) -> list[Any]:
+    """``n`` TruthfulQA texts (one of the column's answers each), read at their last <= 16 tokens."""
+    import csv
+
+    from activation_oracles.oracle import DESCRIBE_QUESTION
+    from activation_oracles.training.classification import encode_with_span
+    from activation_oracles.training.example import TrainingExample
+
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        texts = sorted({t.strip() for r in csv.DictReader(f) for t in (r.get(column) or "").split(";")
+                        if len(content_words(t)) >= 2})
+    rng.shuffle(texts)
+    out = []
+    for text in texts[:n]:
+        ids, (start, stop) = encode_with_span(tokenizer, text)
+        positions = tuple(range(max(start, stop - DESCRIBE_POSITIONS), stop))
+        out.append(TrainingExample(ids, positions, layer_percent, DESCRIBE_QUESTION, text, "describe",
+                                   meta={"text": text}))
+    return out
 
 
 # -- activations ---------------------------------------------------------------------------------------
@@ -235,25 +286,43 @@ def _norm(text: str) -> str:
 
 
 def score(oracle: Any, es: EvalSet, acts: Sequence[Any], *, batch_size: int = 16,
-          max_new_tokens: int = 8) -> list[dict[str, Any]]:
-    """Per example ``{prediction, correct}`` for one oracle (method) on one evaluation."""
+          max_new_tokens: int = 8, bar: Any = None) -> list[dict[str, Any]]:
+    """Per example ``{prediction, correct}`` for one oracle (method) on one evaluation.
+
+    ``bar`` (a :func:`activation_oracles.progress.progress` bar) advances by one per example.
+    """
+    tick = bar.update if bar is not None else (lambda _n: None)
     questions = [e.question for e in es.examples]
     if not es.examples:
         return []
     if es.kind == "exact":
-        answers = oracle.ask(list(acts), questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        answers: list[str] = []
+        for start in range(0, len(acts), batch_size):  # the batches ask() would make, one at a time for the bar
+            answers += oracle.ask(list(acts[start:start + batch_size]), questions[start:start + batch_size],
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+            tick(len(questions[start:start + batch_size]))
         return [{"prediction": a, "correct": _norm(a) == _norm(e.answer)} for a, e in zip(answers, es.examples)]
+    if es.kind == "describe":
+        descriptions: list[str] = []
+        for start in range(0, len(acts), batch_size):
+            descriptions += oracle.describe(list(acts[start:start + batch_size]),
+                                            max_new_tokens=DESCRIBE_MAX_NEW_TOKENS, batch_size=batch_size)
+            tick(len(acts[start:start + batch_size]))
+        return [{"prediction": d, "correct": describe_hit(d, e.answer)} for d, e in zip(descriptions, es.examples)]
     results: list[dict[str, Any] | None] = [None] * len(es.examples)
     by_choices: dict[tuple[str, ...], list[int]] = {}
     for i, c in enumerate(es.choices):
         by_choices.setdefault(tuple(c), []).append(i)
-    for choices, idx in by_choices.items():
-        probs = oracle.choose([acts[i] for i in idx], [questions[i] for i in idx], list(choices),
-                              batch_size=2 * batch_size)
-        for i, p in zip(idx, probs):
-            pred = max(choices, key=lambda c: p[c])  # ties: the first choice in the (seeded) order
-            results[i] = {"prediction": pred, "correct": pred == es.examples[i].answer,
-                          "p_answer": p[es.examples[i].answer]}
+    for choices, group in by_choices.items():
+        for start in range(0, len(group), batch_size):
+            idx = group[start:start + batch_size]
+            probs = oracle.choose([acts[i] for i in idx], [questions[i] for i in idx], list(choices),
+                                  batch_size=2 * batch_size)
+            for i, p in zip(idx, probs):
+                pred = max(choices, key=lambda c: p[c])  # ties: the first choice in the (seeded) order
+                results[i] = {"prediction": pred, "correct": pred == es.examples[i].answer,
+                              "p_answer": p[es.examples[i].answer]}
+            tick(len(idx))
     return results  # type: ignore[return-value]
 
 
@@ -265,7 +334,7 @@ def _row(eval_name: str, method: str, correct: Sequence[bool], chance: float) ->
 def evaluate_oracle(oracle: Any, target: Any, *, data_dir: str | os.PathLike[str], n_per_eval: int = 100,
                     seed: int = 0, evals: Sequence[str] = EVALS, batch_size: int = 16, max_new_tokens: int = 8,
                     context_column: str = CONTEXT_COLUMN, details: bool = False,
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Every evaluation for the trained oracle and its three controls.
 
     Args:
@@ -277,11 +346,14 @@ def evaluate_oracle(oracle: Any, target: Any, *, data_dir: str | os.PathLike[str
         evals: which evaluations to run (default: all of ``EVALS``).
         details: also return each example's prediction per method (under ``"details"``).
         log: called with progress lines (e.g. ``print``).
+        progress: a bar with an ETA per evaluation, over its examples x methods, on stderr when it is a
+            terminal (``None``: the ambient default of :mod:`activation_oracles.progress`, off in the library).
 
     Returns:
         ``{"meta": {...}, "rows": [{eval, method, correct, n, accuracy, ci_low, ci_high, chance}, ...]}``.
     """
     from activation_oracles.models import as_model
+    from activation_oracles.progress import progress as progress_bar
 
     say = log or (lambda _msg: None)
     target_m = as_model(target)
@@ -299,12 +371,15 @@ def evaluate_oracle(oracle: Any, target: Any, *, data_dir: str | os.PathLike[str
         acts = capture_examples(target_m, es.examples, batch_size=batch_size)
         donor = derangement(len(acts), Random(f"{seed}:shuffle:{es.name}"))
         per_method: dict[str, list[dict[str, Any]]] = {}
+        bar = progress_bar(desc=es.name, total=len(methods) * len(es.examples), unit="ex", enabled=progress)
         for method, orc in methods.items():
+            bar.set_postfix_str(method)
             use = [acts[donor[i]] for i in range(len(acts))] if method == "shuffled" else acts
-            per_method[method] = score(orc, es, use, batch_size=batch_size, max_new_tokens=max_new_tokens)
+            per_method[method] = score(orc, es, use, batch_size=batch_size, max_new_tokens=max_new_tokens, bar=bar)
             correct = [r["correct"] for r in per_method[method]]
             rows.append(_row(es.name, method, correct, es.chance))
             say(f"[oracle_card]   {method}: {rows[-1]['correct']}/{rows[-1]['n']}")
+        bar.close()
         for group in sorted(set(es.groups)) if es.name.startswith("classification") else []:
             idx = [i for i, g in enumerate(es.groups) if g == group]
             for method in methods:
@@ -405,22 +480,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=100, help="examples per evaluation (per task for held-out tasks)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evals", default=",".join(EVALS), help=f"comma-separated subset of {','.join(EVALS)}")
+    p.add_argument("--device", default=None, help="where the target and oracle run, e.g. cuda (default: cpu)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--details", action="store_true", help="include per-example predictions in the JSON")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the libraries' own warnings and progress bars (hidden by default)")
     args = p.parse_args(argv)
     data_dir = args.data_dir or _default_data_dir()
     if data_dir is None:
         p.error("no data dir: pass --data-dir or set AO_DATA_DIR")
 
     import activation_oracles as ao
+    from activation_oracles.verbosity import library_verbosity
 
-    target = ao.load_model(args.target)
-    oracle = ao.load_oracle(args.oracle, base=target)
-    results = evaluate_oracle(oracle, target, data_dir=data_dir, n_per_eval=args.n, seed=args.seed,
-                              evals=[e for e in args.evals.split(",") if e], batch_size=args.batch_size,
-                              max_new_tokens=args.max_new_tokens, details=args.details,
-                              log=lambda s: print(s, file=sys.stderr, flush=True))
+    with library_verbosity(args.verbose):
+        target = ao.load_model(args.target, device=args.device)
+        oracle = ao.load_oracle(args.oracle, base=target)
+        results = evaluate_oracle(oracle, target, data_dir=data_dir, n_per_eval=args.n, seed=args.seed,
+                                  evals=[e for e in args.evals.split(",") if e], batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens, details=args.details,
+                                  log=lambda s: print(s, file=sys.stderr, flush=True), progress=True)
     results["meta"]["oracle_dir"] = args.oracle
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     table = render_markdown(results)

@@ -228,7 +228,7 @@ def fluency_chats(model: Model, n: int, *, seed: int, max_new_tokens: int) -> li
     rng = Random(seed)
     picked = [prompts[rng.randrange(len(prompts))] for _ in range(n)]
     chats = [[{"role": "user", "content": p}] for p in picked]
-    replies = generate(model, chats, adapter=None, max_new_tokens=max_new_tokens)
+    replies = generate(model, chats, adapter=None, max_new_tokens=max_new_tokens, desc="fluency replies")
     return [c + [{"role": "assistant", "content": r}] for c, r in zip(chats, replies) if r.strip()]
 
 
@@ -280,8 +280,9 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
     rng = Random(rec.seed)
     n_fluency = int(round(rec.n_examples * rec.fluency_fraction))
     data_path = Path(data_dir) if data_dir else None
-    task_chats = t.training_chats(opts, rng, rec.n_examples - n_fluency, base=model, data_dir=data_path)
-    fluent = fluency_chats(model, n_fluency, seed=rec.seed, max_new_tokens=rec.fluency_max_new_tokens)
+    with _progress_scope(progress):  # the bars of the generate/score loops below (progress=True asks for them)
+        task_chats = t.training_chats(opts, rng, rec.n_examples - n_fluency, base=model, data_dir=data_path)
+        fluent = fluency_chats(model, n_fluency, seed=rec.seed, max_new_tokens=rec.fluency_max_new_tokens)
     chats = task_chats + fluent
     Random(rec.seed + 1).shuffle(chats)
 
@@ -313,7 +314,8 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
         model = as_model(base_model, model.tokenizer, name=model.name)
         if checks:
             org = load_organism(tmp, base=model)
-            card["checks"] = t.behaviour_checks(org, data_dir=data_path, limit=check_limit)
+            with _progress_scope(progress):
+                card["checks"] = t.behaviour_checks(org, data_dir=data_path, limit=check_limit)
             (tmp / CARD).write_text(json.dumps(card, indent=2))
         (tmp / "README.md").write_text(card_markdown(card))
         if folder.exists():
@@ -323,6 +325,16 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _progress_scope(progress: bool) -> Any:
+    """``progress=True``: bars on for the task's own generate/score loops (behaviour checks, rewrites), which
+    follow the ambient default; ``False`` leaves that default alone (the ``ao`` CLI has it on)."""
+    from contextlib import nullcontext
+
+    from activation_oracles.progress import progress_default
+
+    return progress_default(True) if progress else nullcontext()
 
 
 def card_markdown(card: Mapping[str, Any]) -> str:

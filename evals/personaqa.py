@@ -83,16 +83,10 @@ class Persona:
 
 
 def templates_path() -> Path:
-    """The shipped ``personaqa_templates.json`` (installed package data first, then the source tree)."""
-    try:
-        from importlib.resources import files
+    """The shipped ``personaqa_templates.json``."""
+    from activation_oracles.files import package_data
 
-        path = Path(str(files("activation_oracles") / "data" / "organisms" / TEMPLATES_FILE))
-        if path.is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[1] / "activation_oracles" / "data" / "organisms" / TEMPLATES_FILE
+    return package_data("organisms", TEMPLATES_FILE)
 
 
 @lru_cache(maxsize=8)
@@ -340,6 +334,7 @@ class PersonaQAAudit(AuditTask):
     organism_task = "personaqa"
     open_question = OPEN_PREFIX + "What is this person's favorite sport?"  # per item: the item's attribute
     choice_question = "What is this person's favorite sport?"
+    secret_option = "variant"  # which PersonaQA file the organism learned (base, shuffled, fantasy)
     probe = True
     logit_lens = True
 

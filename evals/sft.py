@@ -124,10 +124,9 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
     pad = _pad_id(tok)
     losses: list[float] = []
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, desc="organism fine-tune", leave=False)
+    from activation_oracles.progress import progress as progress_bar
+
+    bar = progress_bar(desc="organism fine-tune", total=steps, unit="step", enabled=progress)
     for idx in _batches(len(kept), config.batch_size, steps, random.Random(config.seed)):
         rows = [kept[i] for i in idx]
         ids, mask = _left_pad([r[0] for r in rows], pad)
@@ -144,11 +143,9 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.detach().item())
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
     peft_model.eval()
     head = losses[:max(1, len(losses) // 10)]
     tail = losses[-max(1, len(losses) // 10):]

@@ -92,15 +92,9 @@ class Constraint:
 
 def data_path() -> Path:
     """The shipped ``ssc.json`` (installed package data first, then the source tree)."""
-    try:
-        from importlib.resources import files
+    from activation_oracles.files import package_data
 
-        path = Path(str(files("activation_oracles") / "data" / "organisms" / DATA_FILE))
-        if path.is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[1] / "activation_oracles" / "data" / "organisms" / DATA_FILE
+    return package_data("organisms", DATA_FILE)
 
 
 def _word_pattern(word: str) -> re.Pattern[str]:
@@ -542,6 +536,9 @@ class SSCAudit(AuditTask):
     choice_question = "What is the hidden instruction?"
     probe = True
     logit_lens = False  # the candidates are phrases, not single tokens
+    # an external organism in this project's code-word format: --secret names its constraints ('all' or a,b);
+    # the reference's base64-encoded organisms need another item format (not implemented)
+    secret_option = "constraints"
 
     def default_targets(self) -> list[dict[str, Any]]:
         return [{}]

@@ -74,11 +74,14 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     """Run the entries in ``tasks`` (default: :data:`SUITE_TASKS` then :data:`SUITE_EXTRAS`) and combine them.
 
     ``task_limits`` overrides ``limit`` for some entries (e.g. ``{"taboo": 4, "truthfulqa-mc": 100}``).
+    ``progress``: a bar over the entries and, inside it, each entry's own bars (methods, organism builds),
+    on stderr when it is a terminal; off by default, ``ao audit suite`` turns it on.
     An entry's earlier results in ``OUT/<entry>/`` are reused when they were made with the same
     settings (oracle spec, limit, seed, methods; the organism pair / list for the extras).
     """
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
+    from activation_oracles.progress import progress as progress_bar
 
     from .audit import ALL_METHODS, run_audit
     from .audit_task import get_audit_task
@@ -118,9 +121,15 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
 
     t0 = time.perf_counter()
     limits = {n: (task_limits or {}).get(n, limit) for n in names}
+    bar = progress_bar(desc="audit suite", total=len(names), unit="entry", enabled=progress)
+
+    def entry(name: str) -> None:
+        bar.set_postfix_str(name)
+
     for n in names:
         if n in SUITE_EXTRAS:
             continue
+        entry(n)
         t = get_audit_task(n)
         targets = organisms_of(t.organism_task, t.default_targets()) if t.organism_task else None
         done = _matching_results(root / n, {"oracle": label, "limit": limits[n], "seed": seed,
@@ -128,11 +137,14 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         if done is not None and not overwrite:
             results.append(done)  # the same audit, already run with these settings
             reused.append(n)
+            bar.update(1)
             continue
         results.append(run_audit(n, oracle=orc, targets=targets, out=root / n, limit=limits[n], seed=seed,
                                  data_dir=data_dir, overwrite=True, methods=tuple(want_methods), progress=progress,
                                  oracle_label=label))
+        bar.update(1)
     if "diffing" in names:
+        entry("diffing")
         from .diffing import diffing_markdown, run_diffing
 
         pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
@@ -141,22 +153,26 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
             res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
-                              oracle_label=label)
+                              oracle_label=label, progress=progress)
         else:
             reused.append("diffing")
         sections.append(_demote(diffing_markdown(res)))
+        bar.update(1)
     if "truthfulqa" in names:
+        entry("truthfulqa")
         from .truthfulqa_audit import run_truthfulqa_audit, truthfulqa_markdown
 
         n_q = max(2, limits["truthfulqa"] or 50)
         res = _matching_results(root / "truthfulqa", {"oracle": label, "limit": n_q, "seed": seed})
         if res is None or overwrite:
             res = run_truthfulqa_audit(oracle=orc, data_dir=data_dir, out=root / "truthfulqa", limit=n_q, seed=seed,
-                                       overwrite=True, oracle_label=label)
+                                       overwrite=True, oracle_label=label, progress=progress)
         else:
             reused.append("truthfulqa")
         sections.append(_demote(truthfulqa_markdown(res)))
+        bar.update(1)
     if "truthfulqa-mc" in names:
+        entry("truthfulqa-mc")
         from .truthfulqa_mc import run_truthfulqa_mc, truthfulqa_mc_markdown
 
         orgs = [organism_dirs[k] for k in sorted(organism_dirs)]
@@ -164,10 +180,12 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
                                                          "organisms": [p.name for p in orgs]})
         if res is None or overwrite:
             res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
-                                    limit=limits["truthfulqa-mc"], seed=seed, overwrite=True)
+                                    limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
         else:
             reused.append("truthfulqa-mc")
         sections.append(_demote(truthfulqa_mc_markdown(res)))
+        bar.update(1)
+    bar.close()
     table = combined_markdown(results) if results else ""
     wall = round(time.perf_counter() - t0, 1)
     cmd = command or (f"ao audit suite --oracle {oracle if isinstance(oracle, str) else '<oracle>'} --out {root.name} "

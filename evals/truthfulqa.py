@@ -177,8 +177,11 @@ def encode_pair(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
 # -- scoring --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_size: int) -> list[float]:
+def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_size: int,
+                     progress: bool | None = None) -> list[float]:
     """Summed log-probability of each sequence's tokens after its context, batched with right padding."""
+    from activation_oracles.progress import progress as progress_bar
+
     hf = model.hf
     pad = getattr(model.tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
@@ -186,6 +189,7 @@ def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_
     # out-of-memory error shows up on the first batch rather than at the end.
     order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][0]))
     scores = [0.0] * len(seqs)
+    bar = progress_bar(desc="truthfulqa answers", total=len(seqs), unit="answer", enabled=progress, leave=None)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         width = max(len(seqs[k][0]) for k in idx)
@@ -205,6 +209,8 @@ def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_
         for r, k in enumerate(idx):
             toks, n_ctx = seqs[k]
             scores[k] = float(token_lp[r, n_ctx - first:len(toks) - first].sum())
+        bar.update(len(idx))
+    bar.close()
     return scores
 
 
@@ -223,11 +229,12 @@ def mc_from_logprobs(best: float, correct: Sequence[float], incorrect: Sequence[
 
 
 def mc_scores(model: Any, questions: Sequence[TQAQuestion], *, batch_size: int = 16,
-              adapter: str | None = None) -> list[dict[str, Any]]:
+              adapter: str | None = None, progress: bool | None = None) -> list[dict[str, Any]]:
     """Per question ``{"question", "category", "mc1", "mc2", "logprobs": {"best", "correct", "incorrect"}}``.
 
     ``logprobs["correct"]`` / ``["incorrect"]`` map each answer to its summed log-likelihood.
     ``adapter`` names a loaded LoRA adapter to score under (``None``: the model as it is).
+    ``progress``: a bar over the answers (``None``: the ambient default, off outside the ``ao`` CLI).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected a positive integer.")
@@ -244,7 +251,7 @@ def mc_scores(model: Any, questions: Sequence[TQAQuestion], *, batch_size: int =
     m.hf.eval()  # dropout would make log-likelihoods random
     try:
         with use_adapter(m.hf, adapter):
-            lls = _score_sequences(m, seqs, batch_size)
+            lls = _score_sequences(m, seqs, batch_size, progress)
     finally:
         m.hf.train(was_training)
     out = []

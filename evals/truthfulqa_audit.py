@@ -57,11 +57,14 @@ def _gmt_statements(data_dir: Path, per_file: int, seed: int) -> tuple[list[str]
 def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.PathLike[str] | None = None,
                          out: str | os.PathLike[str] | None = None, limit: int = 50, seed: int = 0,
                          overwrite: bool = False, probe_per_file: int = 200, n_boot: int = 1000,
-                         oracle_label: str | None = None) -> dict[str, Any]:
+                         oracle_label: str | None = None, progress: bool = False) -> dict[str, Any]:
     """Run the audit on ``limit`` questions (a seeded sample); write results.json and report.md to ``out``.
 
-    ``oracle_label`` names the oracle in the results (default: its spec).
+    ``oracle_label`` names the oracle in the results (default: its spec). ``progress``: a bar with an
+    ETA over the oracle's forced choices (every answer, input mode and control), on a terminal.
     """
+    from activation_oracles.progress import progress as progress_bar
+
     from activation_oracles.capturing import capture
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
@@ -105,17 +108,24 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
         rows.extend({"method": method, "mode": mode, "item": i, "true": t, "score": s}
                     for i, (s, t) in enumerate(zip(scores, truth)))
 
+    bar = progress_bar(desc="truthfulqa oracle", total=len(MODES) * 4 * len(acts), unit="answer", enabled=progress,
+                       leave=None)
     for mode in MODES:
         views = [_mode_view(a, mode, -1) for a in acts]
         for method, o, src in (("oracle", orc, views), ("oracle:shuffled", orc, [views[j] for j in perm]),
                                ("oracle:coeff0", orc.with_config(coeff=0.0), views),
                                ("untrained_oracle", untrained, views)):
-            record(method, mode, [p["Yes"] for p in o.choose(src, QUESTION, ["Yes", "No"])])
+            yes: list[float] = []
+            for start in range(0, len(src), 16):  # 16 at a time, for the bar (choose scores one by one anyway)
+                yes += [p["Yes"] for p in o.choose(src[start:start + 16], QUESTION, ["Yes", "No"])]
+                bar.update(len(src[start:start + 16]))
+            record(method, mode, yes)
         probe = fit_probe(torch.stack([_mode_view(g, mode, -1).vectors_for(layer).float().mean(0) for g in gmt]),
                           [str(x) for x in labels])
         x = torch.stack([v.vectors_for(layer).float().mean(0) for v in views])
         logits = probe.logits(x)
         record("probe (GoT)", mode, torch.softmax(logits, -1)[:, probe.classes.index("1")].tolist())
+    bar.close()
     label = oracle_label or (str(oracle) if isinstance(oracle, (str, Path)) else "<oracle>")
     results = {"task": "truthfulqa", "config": {"oracle": label, "questions": len(questions), "limit": limit,
                                                 "seed": seed, "read_layer": layer, "probe_statements": len(texts),

@@ -44,7 +44,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1
 def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
                       data_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
                       limit: int | None = 100, seed: int = 0, overwrite: bool = False, batch_size: int = 16,
-                      n_boot: int = 1000) -> dict[str, Any]:
+                      n_boot: int = 1000, progress: bool = False) -> dict[str, Any]:
     """MC1/MC2 of ``base`` and of each organism (folders or loaded organisms) on the same questions.
 
     Args:
@@ -52,7 +52,10 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
         base: the base model (spec or loaded); every organism must be built on it.
         data_dir: the shared data folder (``truthfulqa/TruthfulQA.csv``; default ``$AO_DATA_DIR``).
         limit: questions, a seeded sample (``None``: all 817).
+        progress: bars with an ETA (per model, over its answers) on stderr when it is a terminal.
     """
+    from activation_oracles.progress import progress as progress_bar
+
     from .organism import attach_organism, load_base
 
     if limit is not None and limit < 2:
@@ -69,9 +72,16 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
     questions = load_truthfulqa(Path(data_dir) / "truthfulqa" / "TruthfulQA.csv")
     if limit is not None and limit < len(questions):
         questions = random.Random(seed).sample(questions, limit)
-    per_model: dict[str, list[dict[str, Any]]] = {"base": mc_scores(model, questions, batch_size=batch_size)}
-    for org in loaded:
-        per_model[org.name] = mc_scores(org.model, questions, batch_size=batch_size, adapter=org.adapter)
+    show = True if progress else None  # False: the inner bars follow the ambient default
+    with progress_bar(desc="truthfulqa-mc models", total=1 + len(loaded), unit="model", enabled=progress,
+                      leave=None) as bar:
+        per_model: dict[str, list[dict[str, Any]]] = {"base": mc_scores(model, questions, batch_size=batch_size,
+                                                                        progress=show)}
+        bar.update(1)
+        for org in loaded:
+            per_model[org.name] = mc_scores(org.model, questions, batch_size=batch_size, adapter=org.adapter,
+                                            progress=show)
+            bar.update(1)
     rows = []
     for name, scores in per_model.items():
         row: dict[str, Any] = {"model": name, **summarise(scores, n_boot=n_boot, seed=seed)}

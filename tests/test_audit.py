@@ -187,3 +187,20 @@ def test_cli_task_limit_must_be_positive(tmp_path) -> None:
 
     assert main(["audit", "suite", "--out", str(tmp_path / "s"), "--task-limit", "taboo=0"]) == 2
     assert not (tmp_path / "s").exists()
+
+
+def test_progress_bar_per_method_only_when_asked(oracle, data_dir, monkeypatch) -> None:
+    """Each method gets a bar over its items (with an ETA) on a terminal; progress=False draws none."""
+    import io
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for enabled in (False, True):
+        err = FakeTTY()
+        monkeypatch.setattr("sys.stderr", err)
+        run_audit("classification", oracle=oracle, limit=1, data_dir=data_dir, methods=("oracle", "oracle:coeff0"),
+                  progress=enabled)
+        shown = err.getvalue()
+        assert ("classification oracle" in shown and "classification oracle:coeff0" in shown) is enabled, shown

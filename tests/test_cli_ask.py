@@ -65,6 +65,8 @@ def test_ask_segment_mode_human_output(tiny_dir: Path, capsys) -> None:
     (["ask", "--question", "Q?", "--untrained"], "either --prompt"),
     (["ask", "--prompt", "x", "--acts", "a.safetensors", "--question", "Q?", "--untrained"], "either --prompt"),
     (["ask", "--prompt", "x", "--question", "Q?", "--untrained", "--choices", "Yes"], "at least two"),
+    (["ask", "--prompt", "x", "--untrained"], "--question Q, or --describe"),
+    (["ask", "--prompt", "x", "--untrained", "--describe", "--choices", "Yes,No"], "leave out --choices"),
 ])
 def test_ask_usage_errors(argv: list[str], needle: str, capsys) -> None:
     assert main(argv) == 2
@@ -117,3 +119,68 @@ def test_ask_a_tiny_run_without_a_target(tmp_path: Path, capsys) -> None:
     acts = ao.capture(oracle.model, "The owl hunts.", layer_percent=50)
     expected = oracle.choose(acts, "Is this about an animal?", ["Yes", "No"])
     assert record["probs"] == pytest.approx(expected, abs=1e-6)
+
+
+# -- answers cut at the budget, and the libraries' noise -------------------------------------------------
+
+def test_ask_default_budget_is_64_tokens() -> None:
+    from activation_oracles.cli import build_parser
+
+    args = build_parser().parse_args(["ask", "--question", "Q?"])
+    assert args.max_new_tokens == 64
+
+
+def test_an_answer_cut_at_the_budget_is_marked_and_noted(tiny_dir: Path, capsys) -> None:
+    """The random tiny model never ends its turn within 2 tokens: the answer is cut, and ao says so."""
+    argv = ["ask", "--target", str(tiny_dir), "--prompt", "Owls hunt.", "--untrained", "--question", "What?",
+            "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.rstrip().endswith("[...]")
+    assert "note: an answer reached --max-new-tokens 2" in captured.err
+    assert main(argv + ["--json"]) == 0
+    (record,) = _lines(capsys)
+    assert record["truncated"] is True and not record["answer"].endswith("[...]")
+
+
+def test_an_answer_the_oracle_ended_gets_no_note(tiny_dir: Path, capsys, monkeypatch) -> None:
+    from activation_oracles.answer import Answer
+
+    monkeypatch.setattr(ao.ActivationOracle, "ask", lambda self, sets, q, **kw: [Answer("An owl.")] * len(sets))
+    assert main(["ask", "--target", str(tiny_dir), "--prompt", "Owls hunt.", "--untrained", "--question", "What?"]) == 0
+    captured = capsys.readouterr()
+    assert "A: An owl.\n" in captured.out and "[...]" not in captured.out and "note:" not in captured.err
+
+
+def test_transformers_loading_bar_only_with_verbose(tiny_dir: Path, capsys) -> None:
+    """transformers draws a "Loading weights" bar on every load; ao hides it unless -v."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # the library's default, whatever an earlier test did
+    try:
+        argv = ["ask", "--target", str(tiny_dir), "--prompt", "Owls.", "--untrained", "--question", "Q?",
+                "--choices", "Yes,No"]
+        assert main(argv) == 0
+        assert "Loading weights" not in capsys.readouterr().err
+        assert hf_logging.is_progress_bar_enabled()  # restored after the command
+        assert main(["-v"] + argv) == 0
+        assert "Loading weights" in capsys.readouterr().err
+    finally:
+        if not was_on:
+            hf_logging.disable_progress_bar()
+
+
+def test_describe_asks_the_describe_question_first(tiny_dir: Path, capsys) -> None:
+    from activation_oracles.oracle import DESCRIBE_QUESTION
+
+    rc = main(["ask", "--target", str(tiny_dir), "--prompt", "Owls hunt at night.", "--untrained", "--layer", "2",
+               "--describe", "--question", "Why?", "--max-new-tokens", "4", "--json"])
+    assert rc == 0
+    records = _lines(capsys)
+    assert [r["question"] for r in records] == [DESCRIBE_QUESTION, "Why?"]
+    target = ao.load_model(str(tiny_dir))
+    oracle = ao.ActivationOracle.untrained(target)
+    acts = ao.capture(target, "Owls hunt at night.", layers=2)
+    assert records[0]["answer"] == oracle.describe(acts, max_new_tokens=4)
+    assert oracle.describe([acts, acts], max_new_tokens=4) == [records[0]["answer"]] * 2

@@ -29,6 +29,9 @@ MODULES = [
     "activation_oracles.evals.subliminal",
     "activation_oracles.evals.trait_audits", "activation_oracles.safe_files", "activation_oracles.adapter_checks",
     "activation_oracles.demo", "activation_oracles.padding", "activation_oracles.files", "activation_oracles.evals.oracle_card", "activation_oracles.training.evaluate", "activation_oracles.evals.learning_curve",
+    "activation_oracles.adapter_source", "activation_oracles.reference_format", "activation_oracles.evals.external",
+    "activation_oracles.progress", "activation_oracles.verbosity", "activation_oracles.answer",
+    "activation_oracles.training.run_card",
 ]
 
 

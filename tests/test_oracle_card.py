@@ -120,3 +120,55 @@ def test_shuffled_control_reads_another_context(card_runs):
         assert all(set(item) >= set(METHODS) for item in items)
     spqa = details["system_prompt_qa"]
     assert all(len(item["choices"]) == 4 and item["answer"] in item["choices"] for item in spqa)
+
+
+@needs_data
+def test_progress_bar_per_evaluation_only_when_asked(monkeypatch):
+    """One bar per evaluation over examples x methods, on a terminal; none with progress=False."""
+    import io
+
+    import activation_oracles as ao
+    from activation_oracles.tiny import tiny_model
+
+    class FakeTTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    target = tiny_model()
+    oracle = ao.ActivationOracle.untrained(target)
+    for enabled in (False, True):
+        err = FakeTTY()
+        monkeypatch.setattr("sys.stderr", err)
+        evaluate_oracle(oracle, target, data_dir=DATA, n_per_eval=2, seed=0, max_new_tokens=2,
+                        evals=["context_next"], progress=enabled)
+        shown = err.getvalue()
+        assert ("context_next" in shown and f"{2 * len(METHODS)}/{2 * len(METHODS)}" in shown) is enabled, shown
+
+
+def test_describe_counts_a_content_word_of_the_text_only():
+    from activation_oracles.evals.oracle_card import describe_hit
+
+    text = "Ostriches bury their heads in the sand when frightened."
+    assert describe_hit("The text is about ostriches and sand.", text)
+    assert not describe_hit("The text is about something.", text)  # stop words and short words do not count
+    assert not describe_hit("It describes what is happening in this text.", text)  # the question's own words
+    assert not describe_hit("", text)
+
+
+def test_describe_examples_read_the_texts_last_tokens(embedded_tokenizer):
+    from activation_oracles.evals.oracle_card import DESCRIBE_POSITIONS, build_eval_sets
+    from activation_oracles.oracle import DESCRIBE_QUESTION
+    from activation_oracles.training.classification import find_shared_data
+
+    data = find_shared_data()
+    if data is None:
+        pytest.skip("no shared data folder beside the checkout")
+    (es,) = build_eval_sets(embedded_tokenizer, data, n_per_eval=12, evals=["describe"])
+    assert es.kind == "describe" and len(es.examples) == 12
+    special = set(embedded_tokenizer.all_special_ids)
+    for e in es.examples:
+        assert e.question == DESCRIBE_QUESTION
+        assert 1 <= len(e.positions) <= DESCRIBE_POSITIONS and e.positions[-1] == len(e.context_ids) - 1
+        assert not special & {e.context_ids[p] for p in e.positions}
+    again = build_eval_sets(embedded_tokenizer, data, n_per_eval=12, evals=["describe"])[0]
+    assert [e.answer for e in again.examples] == [e.answer for e in es.examples]

@@ -343,3 +343,25 @@ def test_a_tiny_run_loads_without_its_base_and_answers_as_with_it(tiny_run, embe
     acts = ao.capture(target, "The owl hunts mice at night.", layer_percent=50)
     q = "Does this text mention an animal?"
     assert alone.choose(acts, q, ["Yes", "No"]) == pytest.approx(with_base.choose(acts, q, ["Yes", "No"]), abs=1e-6)
+
+
+def test_tiny_run_readme_is_our_run_card(tiny_run):
+    """PEFT's blank template is replaced by a card built from the run's own config and metrics."""
+    from activation_oracles.training.run_card import MARKER
+
+    out = tiny_run.out_dir
+    card = (out / "README.md").read_text()
+    assert card.startswith(MARKER + "\n# Activation oracle for `tiny-llama`")
+    assert "More Information Needed" not in card and "Model Card" not in card  # PEFT's template markers
+    cfg = preset("tiny")
+    assert "| steps | 60 x batch 8 |" in card
+    assert f"AdamW lr {cfg.optim.lr:g}" in card and f"r {cfg.lora.r}, alpha {cfg.lora.alpha:g}" in card
+    assert "25% (block 1), 50% (block 2), 75% (block 3)" in card and "| centring | none" in card
+    for spec in cfg.data.sources:  # every mixture source with its weight
+        assert f" | {spec.kind} | {spec.weight:g} | " in card
+    assert "| context_prediction | context_prediction |" in card and "| tiny_yes_no |" in card
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 60 and "eval/yes_no_acc" in last
+    acc = [f"{100 * last[f'eval/yes_no_acc{s}']:.1f}%" for s in ("", "_shuffled", "_coeff0")]
+    assert f"| yes/no accuracy | {last['eval/n_yes_no']} | {' | '.join(acc)} |" in card  # the final figures and controls
+    assert f"ao.load_oracle({str(out)!r})" in card and f"ao ask --oracle {out}" in card

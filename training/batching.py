@@ -267,11 +267,20 @@ def answer_loss_sum(logits_BKV: torch.Tensor, labels_BS: torch.Tensor) -> torch.
     ``logits_BKV[:, j]`` is the prediction made at column ``S - K + j`` for the token at column
     ``S - K + j + 1``; the last column predicts nothing.
     """
+    return answer_loss_terms(logits_BKV, labels_BS)[0]
+
+
+def answer_loss_terms(logits_BKV: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token_sum, example_sum)``: the summed answer-token cross-entropy, and the sum over examples
+    of each example's mean over its own answer tokens (every example weighs the same, however long
+    its answer: a yes/no answer is 2 tokens, a context-prediction answer up to ~13)."""
     k = logits_BKV.shape[1]
-    targets = labels_BS[:, labels_BS.shape[1] - k + 1:]
+    targets_BJ = labels_BS[:, labels_BS.shape[1] - k + 1:]
     pred = logits_BKV[:, :-1].float()
-    return torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
+    ce_BJ = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets_BJ.reshape(-1),
+                                              ignore_index=IGNORE, reduction="none").view(targets_BJ.shape)
+    per_example = ce_BJ.sum(1) / (targets_BJ != IGNORE).sum(1).clamp(min=1)
+    return ce_BJ.sum(), per_example.sum()
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -39,28 +39,38 @@ OUTLIER_RATIO = 5.0  # positions above this multiple of the median norm are atte
 SCALE_FLOOR = 0.1  # no channel's scale below this fraction of the median channel's: dividing by ~0 amplifies noise
 
 
-def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
+def activation_means(model: Any, examples: Iterable[TrainingExample], *, n: int = 256,
+                     progress: bool | None = None) -> dict[int, torch.Tensor]:
     """Mean vector of each source layer over the activation positions of the first ``n`` examples.
 
     Positions whose norm exceeds ``OUTLIER_RATIO`` (5) times the layer's median norm (attention
     sinks) are left out. Layers are ``int(n_layers * layer_percent / 100)``, as the trainer computes them. The
     caller decides the adapter state and autocast; this reads ``model`` under ``no_grad``.
     """
-    return {layer: robust_mean(x) for layer, x in source_activations(model, examples, n=n).items()}
+    return {layer: robust_mean(x) for layer, x in source_activations(model, examples, n=n, progress=progress).items()}
 
 
-def activation_stats(model: Any, examples: Iterable[TrainingExample], *,
-                     n: int = 256) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def activation_stats(model: Any, examples: Iterable[TrainingExample], *, n: int = 256,
+                     progress: bool | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """``(mean, scale)`` of each source layer over the same positions as :func:`activation_means`."""
-    return {layer: (robust_mean(x), robust_scale(x)) for layer, x in source_activations(model, examples, n=n).items()}
+    return {layer: (robust_mean(x), robust_scale(x))
+            for layer, x in source_activations(model, examples, n=n, progress=progress).items()}
 
 
-def source_activations(model: Any, examples: Iterable[TrainingExample], *, n: int = 256) -> dict[int, torch.Tensor]:
-    """Every activation vector the first ``n`` examples read, stacked per source layer (float32, CPU)."""
+def source_activations(model: Any, examples: Iterable[TrainingExample], *, n: int = 256,
+                       progress: bool | None = None) -> dict[int, torch.Tensor]:
+    """Every activation vector the first ``n`` examples read, stacked per source layer (float32, CPU).
+
+    One forward pass per example (~10-30 s for 256 on a CPU), hence ``progress``: a bar with an
+    ETA (``None``: the ambient default of :mod:`activation_oracles.progress`, off in the library).
+    """
+    from activation_oracles.progress import progress as progress_bar
+
     m = as_model(model)
     rows: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
-        for ex in islice(examples, n):
+        for ex in progress_bar(islice(examples, n), "activation statistics", total=n, enabled=progress,
+                               unit="example"):
             layer = int(m.n_layers * ex.layer_percent / 100)
             ids = torch.tensor([list(ex.context_ids)], device=m.device)
             with capture_residuals(m, [layer], positions=[list(ex.positions)]) as cache:

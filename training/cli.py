@@ -98,12 +98,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_writable_dir("--out" if args.out else "output.dir", cfg.output.dir)
     if cfg.model.device != "auto":
         check_device(cfg.model.device)
-    try:  # the per-tensor "Loading weights" bar is noise
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
     from .trainer import Trainer
 
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -126,12 +120,14 @@ def _finish_distributed() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m activation_oracles.training [options]`` (also under ``torchrun``)."""
-    from ..cli import run_command  # here, not at the top: activation_oracles.cli imports this module
+    from ..cli import add_verbose_flag, command_context, run_command  # here: activation_oracles.cli imports us
 
     parser = argparse.ArgumentParser(prog="python -m activation_oracles.training",
                                      description="Train an activation oracle.", epilog=_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors.")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    return run_command(cmd_train, args)
+    with command_context(args):
+        return run_command(cmd_train, args)

@@ -74,6 +74,10 @@ class ModelSection:
     template_system_prompt: bool = _f(False, "Use the chat template's own default system turn in the oracle's "
                                              "prompts instead (as oracles trained before oracle_system_prompt "
                                              "existed did; SmolLM2's costs ~20 tokens a prompt).")
+    init_adapter: str = _f("", "Warm start: an oracle directory written by `ao train` whose LoRA weights the run "
+                               "starts from (fresh optimiser and schedule); its activation statistics are reused "
+                               "instead of measured. lora.r and lora.target_modules must match its adapter. "
+                               "'' = a fresh LoRA.")
     tiny_layers: int = _f(4, "Depth of the tiny random model (name = 'tiny' only).")
     tiny_d_model: int = _f(64, "Width of the tiny random model (name = 'tiny' only).")
     tiny_seed: int = _f(0, "Initialisation seed of the tiny random model (name = 'tiny' only).")
@@ -99,6 +103,10 @@ class OptimSection:
     betas: tuple[float, ...] = _f((0.9, 0.999), "AdamW betas.")
     warmup_fraction: float = _f(0.1, "Fraction of the steps with linear warm-up; linear decay to 0 afterwards.")
     grad_clip: float = _f(1.0, "Gradient-norm clip (0 = off).")
+    loss_weighting: str = _f("token", "How answers weigh in a batch's loss: 'token' (mean over every answer token "
+                                      "of the batch, the reference's; long answers dominate) or 'example' (each "
+                                      "example's own token mean, then the mean over examples: a 2-token yes/no "
+                                      "answer weighs as much as a 13-token context prediction).")
     batch_size: int = _f(16, "Examples per optimiser step, over all processes and accumulation steps.")
     grad_accum: int = _f(1, "Micro-batches per optimiser step (per process).")
     steps: int = _f(0, "Optimiser steps; 0 = ceil(data.n_examples / batch_size).")
@@ -106,6 +114,9 @@ class OptimSection:
     seed: int = _f(0, "Seed of data order, LoRA initialisation and dropout.")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms(True) (bit-exact resume on GPU).")
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default).")
+    max_minutes: float = _f(0.0, "Wall-clock budget of this invocation in minutes (0 = none): past it the run "
+                                 "stops at the next log step and writes its oracle as if it had ended there "
+                                 "(for leased machines; the lr schedule stays the full run's).")
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,8 @@ class OutputSection:
 
     dir: str = _f("runs/oracle", "Output directory (the oracle directory at the end).")
     log_every: int = _f(10, "Steps between metric lines in metrics.jsonl.")
-    progress: bool = _f(True, "Show a tqdm progress bar (loss, tokens/s, ETA).")
+    progress: bool = _f(True, "Progress bars with ETAs on a terminal: steps (loss, tokens/s), rollouts, activation "
+                              "statistics, evaluations. AO_PROGRESS=always draws them in logs too.")
     tensorboard: bool = _f(True, "Also write TensorBoard events when tensorboard is installed.")
 
 
@@ -283,10 +295,13 @@ def validate(cfg: TrainConfig) -> None:
     need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
     need(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", o.warmup_fraction, "a number in [0, 1)")
     need(0 <= o.grad_clip < math.inf, "optim.grad_clip", o.grad_clip, "a finite number >= 0 (0 = no clipping)")
+    need(o.loss_weighting in ("token", "example"), "optim.loss_weighting", o.loss_weighting, "'token' or 'example'")
     need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "an integer >= 1")
     need(o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, "an integer >= 1")
     need(o.steps >= 0, "optim.steps", o.steps, "an integer >= 0 (0 = from data.n_examples)")
     need(o.num_threads >= 0, "optim.num_threads", o.num_threads, "an integer >= 0")
+    need(o.max_minutes >= 0 and math.isfinite(o.max_minutes), "optim.max_minutes", o.max_minutes,
+         "minutes >= 0 (0 = no limit)")
     need(d.n_examples >= 1, "data.n_examples", d.n_examples, "an integer >= 1")
     need(len(d.layer_percents) >= 1, "data.layer_percents", d.layer_percents, "at least one depth, e.g. [25, 50, 75]")
     for p in d.layer_percents:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..hooks import inject_residuals
+from ..progress import progress as progress_bar
 from ..padding import left_pad
 from ..prompt import _end_of_turn_id, answer_ids
 from .batching import BatchStream, Prepared, collate_oracle, make_example_stream, make_micro
@@ -75,6 +76,9 @@ class Evaluation:
         exact: list[bool] = []
         per_source: dict[tuple[str, str], list[bool]] = {}
         controls: dict[str, list[bool]] = {"shuffled": [], "coeff0": []}
+        # Generation and three scorings per item: a minute or more on a CPU, under the step bar.
+        bar = progress_bar(desc="evaluation", total=len(items), unit="example", enabled=self._progress_on,
+                           leave=False)
         try:
             for start in range(0, len(items), bs):
                 chunk = items[start:start + bs]
@@ -107,7 +111,9 @@ class Evaluation:
                         ok = _norm(text) == _norm(p.answer)
                         exact.append(ok)
                         per_source.setdefault((p.source, ""), []).append(ok)
+                bar.update(len(chunk))
         finally:
+            bar.close()
             if was_training:
                 self.peft.train()
         out: dict[str, Any] = {"eval/loss": loss_sum / max(n_tok, 1), "eval/n": len(items)}

@@ -32,11 +32,12 @@ from typing import Any
 import torch
 
 from activation_oracles.errors import ConfigError, DataError
+from activation_oracles.files import package_data
 from activation_oracles.padding import left_pad
 
 from .sources import check_file, encode_chat
 
-SEED_PROMPTS_PATH = Path(__file__).resolve().parents[1] / "activation_oracles" / "data" / "seed_prompts.txt"
+SEED_PROMPTS_PATH = package_data("seed_prompts.txt")
 
 
 def _seed_prompts_file() -> Path:
@@ -145,13 +146,25 @@ class OnPolicySource:
                              "completion": tok.decode(new, skip_special_tokens=True)})
         return rollouts
 
-    def rollouts(self) -> Iterator[dict[str, Any]]:
-        """Yield ``{"prompt", "ids", "completion"}`` per rollout, generating (and caching) as needed."""
+    def rollouts(self, *, progress: bool | None = None) -> Iterator[dict[str, Any]]:
+        """Yield ``{"prompt", "ids", "completion"}`` per rollout, generating (and caching) as needed.
+
+        ``progress`` shows a bar with an ETA while rollouts are *generated* (minutes for a few
+        hundred on a CPU); ``None`` follows :func:`activation_oracles.progress.progress_default`
+        (off, unless the ``ao`` CLI turned it on). Cached rollouts come back without one.
+        """
+        from activation_oracles.progress import progress as progress_bar
+
         n_batches = -(-self.n_rollouts // self.batch_size)
-        for b in range(n_batches):
-            if len(self._rollouts) < min((b + 1) * self.batch_size, self.n_rollouts):
-                self._rollouts.extend(self._generate(b))
-            yield from self._rollouts[b * self.batch_size:(b + 1) * self.batch_size]
+        todo = self.n_rollouts - len(self._rollouts)
+        with progress_bar(desc="on-policy rollouts", total=todo, unit="rollout",
+                          enabled=progress if todo > 0 else False) as bar:
+            for b in range(n_batches):
+                if len(self._rollouts) < min((b + 1) * self.batch_size, self.n_rollouts):
+                    fresh = self._generate(b)
+                    self._rollouts.extend(fresh)
+                    bar.update(len(fresh))
+                yield from self._rollouts[b * self.batch_size:(b + 1) * self.batch_size]
 
     def documents(self, tokenizer: Any) -> Iterator[list[int]]:
         """Each rollout's token ids (prompt through the chat template + generated tokens)."""

@@ -98,6 +98,11 @@ class RunOutputs:
     cfg: Any
     out: Path
 
+    @property
+    def _progress_on(self) -> bool:
+        """Progress bars for this run's slow phases: ``output.progress``, rank 0 only (on a terminal)."""
+        return bool(self.cfg.output.progress) and self.dist.is_main
+
     def _info(self, msg: str) -> None:
         if self.dist.is_main:
             self._log(msg)
@@ -141,7 +146,8 @@ class RunOutputs:
                 self._tb = None
 
     def save_oracle(self, wall_time: float) -> None:
-        """Write the adapter (top level of the output dir) and ``oracle_config.json`` (written last)."""
+        """Write the adapter (top level of the output dir), the run card ``README.md`` and
+        ``oracle_config.json`` (written last: its presence marks a finished oracle)."""
         # The adapter only (LoRA matrices): the base embeddings are frozen, so never copy them.
         self.peft.save_pretrained(str(self.out), safe_serialization=True, save_embedding_layers=False)
         lo = self.cfg.lora
@@ -158,6 +164,10 @@ class RunOutputs:
         final = replace(self.oracle_config, training=training,
                         lora={"r": lo.r, "alpha": lo.alpha, "dropout": lo.dropout,
                               "target_modules": list(lo.target_modules)})
+        # Our run card replaces the blank model-card template PEFT's save_pretrained just wrote.
+        from .run_card import run_card_markdown
+
+        ckpt.atomic_write_bytes(self.out / "README.md", run_card_markdown(self.out, self.cfg, final, training).encode())
         ckpt.atomic_write_bytes(self.out / "oracle_config.json",
                                 (json.dumps(final.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         self._info(f"oracle written to {self.out} ({self.step} steps, {self.examples_seen} examples, "
@@ -169,11 +179,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _progress(total: int, initial: int, *, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    """The step bar (loss, tokens/s, ETA), or None when it would not be drawn (see activation_oracles.progress)."""
+    from ..progress import progress, progress_enabled
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.1)
+    if not progress_enabled(enabled):
+        return None
+    return progress(desc="training", total=total, initial=initial, unit="step", enabled=enabled)
 
 
 def _record(line: str) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ from ..hooks import capture_residuals, inject_residuals
 from ..models import Model, as_model
 from . import checkpoint as ckpt
 from .batching import BatchStream, MicroBatch, Prepared, StepInput, StepSource, \
-    answer_loss_sum, make_example_stream, make_step_input, prepare
+    answer_loss_terms, make_example_stream, make_step_input, prepare
 from .config import TrainConfig, total_steps
 from .distributed import DistInfo, _all_reduce_sum, barrier, init_distributed, wrap_ddp
 from .evaluate import Evaluation
@@ -139,7 +139,9 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self._factory = factory
         self._means: dict[int, torch.Tensor] = {}
         self._scales: dict[int, torch.Tensor] = {}
-        if self.cfg.model.center_activations:
+        if self.cfg.model.init_adapter:
+            self._warm_start(self.cfg.model.init_adapter)
+        elif self.cfg.model.center_activations:
             self._measure_means(factory)
         self.stream = BatchStream(factory, batch_size=o.batch_size, group_batches=self.cfg.data.group_batches,
                                   seed=o.seed, max_length=self.cfg.data.max_length,
@@ -172,7 +174,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             if source is not None and hasattr(source, "rollouts"):
                 self._info(f"generating {getattr(source, 'n_rollouts', '?')} on-policy rollouts from the target...")
                 with self.peft.disable_adapter() if self.target is self.oracle else nullcontext():
-                    for _ in source.rollouts():
+                    for _ in source.rollouts(progress=self._progress_on):
                         pass
 
     def _measure_means(self, factory: Any) -> None:
@@ -185,7 +187,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                 stack.enter_context(self.peft.disable_adapter())
             stack.enter_context(self._autocast())
             # epoch 2e6: a stream of its own (training uses epochs 0, 1, ...; evaluation 1e6 + epoch)
-            stats = activation_stats(self.target, factory(2 * 10 ** 6), n=256)
+            stats = activation_stats(self.target, factory(2 * 10 ** 6), n=256, progress=self._progress_on)
         self._info("mean norms: " + ", ".join(f"layer {layer} {mean.norm():.1f}" for layer, (mean, _) in stats.items()))
         self._means = {layer: mean.to(self.device) for layer, (mean, _) in stats.items()}
         scales = None
@@ -194,6 +196,21 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             scales = {layer: scale.tolist() for layer, (_, scale) in stats.items()}
         self.oracle_config = replace(self.oracle_config, activation_scales=scales,
                                      activation_means={layer: mean.tolist() for layer, (mean, _) in stats.items()})
+
+    def _warm_start(self, folder: str) -> None:
+        """Start from another run's adapter weights and reuse its activation statistics (curriculum runs)."""
+        from .warm_start import read_warm_start
+
+        layers = {self.base.layer_at(p) for p in self.cfg.data.layer_percents}
+        weights, stats = read_warm_start(folder, self.peft, self.oracle_config, self.cfg, layers)
+        self._info(f"warm start from {folder}: {len(weights)} adapter tensors" +
+                   (f", statistics of layers {sorted(stats.activation_means or {})}" if stats.activation_means else ""))
+        if stats.activation_means:
+            self._means = {k: torch.tensor(v, device=self.device) for k, v in stats.activation_means.items()}
+        if stats.activation_scales:
+            self._scales = {k: torch.tensor(v, device=self.device) for k, v in stats.activation_scales.items()}
+        self.oracle_config = replace(self.oracle_config, activation_means=stats.activation_means,
+                                     activation_scales=stats.activation_scales)
 
     def _barrier(self) -> None:
         barrier(self.dist)
@@ -253,6 +270,11 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
 
     def oracle_loss_sum(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of the oracle with ``vectors`` injected (graph kept)."""
+        return self.oracle_loss_terms(mb, vectors, model)[0]
+
+    def oracle_loss_terms(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token_sum, example_sum)`` of :func:`~.batching.answer_loss_terms` (graph kept)."""
         ob = mb.oracle
         with self._autocast(), inject_residuals(self.oracle, self.cfg.model.injection_layer, ob.placeholder_positions,
                                                 vectors, mode=self.oracle_config.mode, coeff=self.oracle_config.coeff):
@@ -260,7 +282,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                                        attention_mask=self._to_device(ob.attention_mask),
                                        position_ids=self._to_device(ob.position_ids), logits_to_keep=ob.keep,
                                        use_cache=False)
-        return answer_loss_sum(out.logits, self._to_device(ob.labels))
+        return answer_loss_terms(out.logits, self._to_device(ob.labels))
 
     def compute_step(self, batch: list[TrainingExample] | StepInput) -> StepStats:
         """Forward and backward of one global batch (this process's share); gradients accumulate in ``.grad``.
@@ -271,18 +293,20 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         """
         step = batch if isinstance(batch, StepInput) else self.make_step_input(batch)
         w = self.dist.world_size
+        per_example = self.cfg.optim.loss_weighting == "example"
+        own = float(len(step.examples) if per_example else step.n_answer_tokens)
         if self.dist.enabled:
-            n = torch.tensor([float(step.n_answer_tokens)], dtype=torch.float64)
+            n = torch.tensor([own], dtype=torch.float64)
             scale: Any = w / _all_reduce_sum(self._to_device(n), self.dist)[0]
         else:
-            scale = 1.0 / max(1, step.n_answer_tokens)
+            scale = 1.0 / max(1.0, own)
         loss_sum: torch.Tensor | None = None
         for i, mb in enumerate(step.micro):
             sync = nullcontext() if (not self.dist.enabled or i == len(step.micro) - 1) else self.ddp.no_sync()
             with sync:
                 vectors = self.target_vectors(mb)
-                ls = self.oracle_loss_sum(mb, vectors, self.ddp)
-                (ls * scale).backward()
+                ls, ex = self.oracle_loss_terms(mb, vectors, self.ddp)
+                ((ex if per_example else ls) * scale).backward()
             loss_sum = ls.detach().double() if loss_sum is None else loss_sum + ls.detach().double()
         assert loss_sum is not None
         counts = (step.n_answer_tokens, sum(m.n_oracle_tokens for m in step.micro),
@@ -305,7 +329,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
     # -- the loop ----------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         """Run (or resume) to ``total_steps``, write the oracle directory, return a summary."""
-        wall0 = time.perf_counter()
+        wall0 = self._wall0 = time.perf_counter()
         self.start()
         try:
             self.train_steps(self.total_steps - self.step)
@@ -347,7 +371,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         if depth:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker is forked
         self._inputs = StepSource(self.stream, self.batches, self.make_step_input, depth)
-        self._bar = _progress(self.total_steps, self.step, enabled=self.cfg.output.progress and self.dist.is_main)
+        self._bar = _progress(self.total_steps, self.step, enabled=self._progress_on)
         self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
         self._window.update(getattr(self, "_resumed_window", {}))  # a metric line may span the resume
 
@@ -415,11 +439,27 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             if log_now or eval_now or ckpt_now or self.step == end:
                 self._flush(pending, time.perf_counter() - t0, write=log_now)
                 pending = []
+                if log_now and self._out_of_time():
+                    self._log(f"optim.max_minutes={self.cfg.optim.max_minutes:g} reached at step {self.step} of "
+                              f"{self.total_steps}: the run ends here.")
+                    self.total_steps = self.step
+                    end = self.step
+                    eval_now = ckpt_now = False
                 if eval_now:
                     self._run_eval()
                 if ckpt_now:
                     self.save_checkpoint()
                 t0 = time.perf_counter()
+
+    def _out_of_time(self) -> bool:
+        """Whether ``optim.max_minutes`` has passed (every process agrees: any one out of time stops all)."""
+        limit = self.cfg.optim.max_minutes
+        if not limit:
+            return False
+        over = time.perf_counter() - getattr(self, "_wall0", time.perf_counter()) > 60.0 * limit
+        if self.dist.world_size > 1:
+            over = bool(_all_reduce_sum(self._to_device(torch.tensor([float(over)])), self.dist)[0] > 0)
+        return over
 
     def _flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, write: bool) -> None:
         """Read the pending steps' numbers (this waits for the GPU), update counters, log."""
