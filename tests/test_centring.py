@@ -109,7 +109,7 @@ def test_activation_means_equal_hidden_state_means(tiny):
 
 
 def test_trainer_measures_means_and_the_oracle_keeps_them(tmp_path, embedded_tokenizer):
-    from activation_oracles.training.batching import make_example_stream
+    from activation_oracles.training.source_registry import make_example_stream
     from activation_oracles.training.trainer import Trainer
 
     cfg = apply_overrides(preset("tiny"), ["model.center_activations=true", "optim.steps=2", "eval.n_examples=0",
@@ -136,7 +136,7 @@ def test_trainer_measures_means_and_the_oracle_keeps_them(tmp_path, embedded_tok
 
 
 def test_trainer_stores_scales_equal_to_the_spread_of_the_same_activations(tmp_path):
-    from activation_oracles.training.batching import make_example_stream
+    from activation_oracles.training.source_registry import make_example_stream
     from activation_oracles.training.centring import robust_scale, source_activations
     from activation_oracles.training.trainer import Trainer
 

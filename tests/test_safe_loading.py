@@ -29,7 +29,7 @@ from activation_oracles.errors import (
 )
 from activation_oracles.tiny import tiny_model
 from activation_oracles.training import checkpoint as ckpt
-from activation_oracles.training.batching import build_builder
+from activation_oracles.training.source_registry import build_builder
 from activation_oracles.training.config import SourceSpec
 
 IDS = torch.tensor([[1, 17, 42, 5, 99, 7]])

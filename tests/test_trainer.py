@@ -15,9 +15,10 @@ import torch
 
 from activation_oracles.errors import ConfigError, DataError, OutputDirError
 from activation_oracles.training.batching import (IGNORE, BatchStream, answer_loss_sum, collate_oracle,
-                                                  collate_target, make_example_stream, prepare, split_micro)
+                                                  collate_target, prepare, split_micro)
 from activation_oracles.training.config import SourceSpec, TrainConfig, apply_overrides
 from activation_oracles.training.example import TrainingExample
+from activation_oracles.training.source_registry import make_example_stream
 from activation_oracles.training.presets import TINY_TEXTS, preset
 
 
@@ -279,7 +280,7 @@ def test_training_loss_is_minus_choose_logprob_and_prompts_agree(tmp_path):
     """What the trainer optimises is what ``choose`` scores: same prompt tokens, same vectors, same loss."""
     import activation_oracles as ao
     from activation_oracles.tiny import tiny_model
-    from activation_oracles.training.batching import make_micro
+    from activation_oracles.training.steps import make_micro
     from activation_oracles.training.trainer import Trainer
 
     # Standardised vectors: the transform the trainer applies (measured means and scales) must be the

@@ -114,6 +114,9 @@ class OptimSection:
     seed: int = _f(0, "Seed of data order, LoRA initialisation and dropout.")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms(True) (bit-exact resume on GPU).")
     num_threads: int = _f(0, "torch CPU threads (0 = torch's default).")
+    skip_nonfinite: bool = _f(True, "A step whose loss or gradient norm is NaN/inf changes no weight (its gradient "
+                                    "is zeroed, it is logged and counted); 10 such steps in a row stop the run. "
+                                    "False: the first one stops the run.")
     max_minutes: float = _f(0.0, "Wall-clock budget of this invocation in minutes (0 = none): past it the run "
                                  "stops at the next log step and writes its oracle as if it had ended there "
                                  "(for leased machines; the lr schedule stays the full run's).")

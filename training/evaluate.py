@@ -17,7 +17,9 @@ from ..hooks import inject_residuals
 from ..progress import progress as progress_bar
 from ..padding import left_pad
 from ..prompt import _end_of_turn_id, answer_ids
-from .batching import BatchStream, Prepared, collate_oracle, make_example_stream, make_micro
+from .batching import BatchStream, Prepared, collate_oracle
+from .source_registry import make_example_stream
+from .steps import make_micro
 
 
 class Evaluation:

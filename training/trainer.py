@@ -44,9 +44,10 @@ from ..errors import ConfigError, DataError
 from ..hooks import capture_residuals, inject_residuals
 from ..models import Model, as_model
 from . import checkpoint as ckpt
-from .batching import BatchStream, MicroBatch, Prepared, StepInput, StepSource, \
-    answer_loss_terms, make_example_stream, make_step_input, prepare
+from .batching import BatchStream, Prepared, answer_loss_terms, prepare
 from .config import TrainConfig, total_steps
+from .source_registry import make_example_stream
+from .steps import MicroBatch, StepInput, StepSource, make_step_input
 from .distributed import DistInfo, _all_reduce_sum, barrier, init_distributed, wrap_ddp
 from .evaluate import Evaluation
 from .example import TrainingExample
@@ -155,6 +156,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self.target_tokens = 0
         self.train_time = 0.0
         self.losses: list[float] = []
+        self.nonfinite_steps = 0  # steps whose NaN/inf loss or gradient was not applied (optim.skip_nonfinite)
+        self._nonfinite_run = 0
         self.last_eval: dict[str, Any] = {}
         self._tb: Any = None
         self._inputs: StepSource | None = None
@@ -321,6 +324,13 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         """Clip, AdamW step, schedule step, zero the gradients; returns the (pre-clip) gradient norm."""
         clip = self.cfg.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
+        if self.cfg.optim.skip_nonfinite:
+            # Without a host sync: a non-finite norm zeroes every gradient (clipping has already
+            # spread the NaN to all of them), so AdamW moves the weights by momentum alone.
+            keep = torch.isfinite(norm).to(norm.dtype)
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.nan_to_num_(0.0, 0.0, 0.0).mul_(keep)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -461,14 +471,28 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             over = bool(_all_reduce_sum(self._to_device(torch.tensor([float(over)])), self.dist)[0] > 0)
         return over
 
+    def _nonfinite(self, step: int, loss: float, norm: float) -> None:
+        """A step with a NaN/inf loss or gradient: stop (``optim.skip_nonfinite = false``, or 10 in a
+        row), else log it; :meth:`optimizer_step` has already kept it from changing the weights."""
+        self.nonfinite_steps += 1
+        self._nonfinite_run += 1
+        if not self.cfg.optim.skip_nonfinite or self._nonfinite_run >= 10:
+            many = f" ({self._nonfinite_run} steps in a row)" if self._nonfinite_run > 1 else ""
+            raise DataError(f"the loss became {loss} (gradient norm {norm}) at step {step}{many}; lower optim.lr "
+                            "or check the data.")
+        self._log(f"step {step}: loss {loss}, gradient norm {norm}: not applied (optim.skip_nonfinite; "
+                  f"{self.nonfinite_steps} so far).")
+
     def _flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, write: bool) -> None:
         """Read the pending steps' numbers (this waits for the GPU), update counters, log."""
         first = self.step - len(pending) + 1
         norms = [float(n) for _, n in pending]
         for k, (stats, _) in enumerate(pending):
             loss = stats.loss
-            if not math.isfinite(loss):
-                raise DataError(f"the loss became {loss} at step {first + k}; lower optim.lr or check the data.")
+            if not (math.isfinite(loss) and math.isfinite(norms[k])):
+                self._nonfinite(first + k, loss, norms[k])
+                continue
+            self._nonfinite_run = 0
             self.losses.append(loss)
             self.oracle_tokens += stats.oracle_tokens
             self.target_tokens += stats.target_tokens
@@ -482,12 +506,12 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         tok_s = w["tokens"] / max(w["time"], 1e-9)
         lr = self.scheduler.get_last_lr()[0]
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{self.losses[-1]:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", refresh=False)
+            self._bar.set_postfix(loss=f"{self.losses[-1] if self.losses else float('nan'):.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", refresh=False)
         if write:
             self._metric({"step": self.step, "loss": w["loss"] / max(1, w["n"]), "lr": lr, "grad_norm": norms[-1],
                           "tokens_per_s": tok_s, "oracle_tokens": self.oracle_tokens,
                           "target_tokens": self.target_tokens, "examples": self.examples_seen,
-                          "train_time_s": self.train_time})
+                          "train_time_s": self.train_time, "nonfinite_steps": self.nonfinite_steps})
             self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
 
     def finish(self, wall_time: float) -> None:
