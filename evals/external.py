@@ -25,16 +25,15 @@ is fetched (JSON and safetensors files only) when online, and is an
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from activation_oracles.errors import AdapterError, ArgumentTypeError, BaseMismatchError, ConfigError
+from activation_oracles.files import file_sha256
 
 from .organism import ADAPTER_FILE, Organism, get_organism_task
 
@@ -69,14 +68,6 @@ class ExternalOrganism:
                               "e.g. secret='ship' for a taboo organism (--secret ship).")
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise ConfigError(f"ExternalOrganism name={self.name!r}; expected a non-empty string or None.")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_external_organism(spec: ExternalOrganism, task: Any, model: Any) -> Organism:
@@ -121,7 +112,7 @@ def load_external_organism(spec: ExternalOrganism, task: Any, model: Any) -> Org
     note = warn_if_other_base(declared, model.name, what=what)
     organism_task = get_organism_task(task.organism_task)
     name = spec.name.strip() if spec.name else organism_task.display_name(options)
-    sha = _sha256(folder / ADAPTER_FILE)
+    sha = file_sha256(folder / ADAPTER_FILE)
     # the hash in the name: a second audit in the same process reuses this very adapter, never another one
     adapter = "organism_ext_" + re.sub(r"\W", "_", name) + "_" + sha[:8]
     if adapter not in adapter_names(model.hf):

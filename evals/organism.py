@@ -42,6 +42,7 @@ from random import Random
 from typing import Any
 
 from activation_oracles.errors import BaseMismatchError, ConfigError, OrganismError, OutputDirError, UnknownTaskError
+from activation_oracles.files import file_sha256
 from activation_oracles.models import Model, as_model
 
 from .chat import Chat, answer_logprobs, generate, running
@@ -198,14 +199,6 @@ def load_base(spec: str | Any, *, dtype: Any = None, device: Any = None) -> Mode
     return load_model(spec, dtype=dtype or "fp32", device=device)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def recipe_hash(task: str, base: str, options: Mapping[str, Any], recipe: Recipe, fingerprint: str) -> str:
     blob = json.dumps({"task": task, "base": base, "options": dict(options), "recipe": recipe.to_dict(),
                        "data": fingerprint, "builder": BUILDER_VERSION}, sort_keys=True)
@@ -265,7 +258,7 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
         except json.JSONDecodeError:
             old = {}
         if old.get("recipe_hash") == digest and (folder / ADAPTER_FILE).is_file() and \
-                old.get("adapter_sha256") == _sha256(folder / ADAPTER_FILE):
+                old.get("adapter_sha256") == file_sha256(folder / ADAPTER_FILE):
             return folder  # cached: same recipe, intact adapter
         if not overwrite:
             raise OutputDirError(f"{str(folder)!r} holds another organism ({old.get('name', '?')}, recipe "
@@ -306,7 +299,7 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
             "recipe": rec.to_dict(), "recipe_hash": digest, "builder_version": BUILDER_VERSION,
             "data": {"task_examples": len(task_chats), "fluency_examples": len(fluent),
                      "samples": [c for c in task_chats[:3]]},
-            "training": stats, "adapter_sha256": _sha256(tmp / ADAPTER_FILE), "checks": {},
+            "training": stats, "adapter_sha256": file_sha256(tmp / ADAPTER_FILE), "checks": {},
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2))
         # unwrap the PEFT model so the adapter can be loaded again on this very base for the checks
@@ -444,7 +437,7 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in ("name", "task", "options", "base_model", "adapter_sha256") if k not in card]
     if missing:
         raise OrganismError(f"{str(folder / CARD)!r} lacks {missing}; rebuild the organism.")
-    actual = _sha256(folder / ADAPTER_FILE)
+    actual = file_sha256(folder / ADAPTER_FILE)
     if actual != card["adapter_sha256"]:
         raise OrganismError(f"the adapter in {str(folder)!r} does not match its card (sha256 {actual[:12]} vs "
                             f"{str(card['adapter_sha256'])[:12]} recorded); the adapter was replaced or damaged. "

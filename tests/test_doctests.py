@@ -31,7 +31,8 @@ MODULES = [
     "activation_oracles.demo", "activation_oracles.padding", "activation_oracles.files", "activation_oracles.evals.oracle_card", "activation_oracles.training.evaluate", "activation_oracles.evals.learning_curve",
     "activation_oracles.adapter_source", "activation_oracles.reference_format", "activation_oracles.evals.external",
     "activation_oracles.progress", "activation_oracles.verbosity", "activation_oracles.answer",
-    "activation_oracles.training.run_card",
+    "activation_oracles.training.run_card", "activation_oracles.training.batching", "activation_oracles.training.steps",
+    "activation_oracles.training.source_registry", "activation_oracles.training.toml_writer",
 ]
 
 

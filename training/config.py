@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .toml_writer import dumps_toml
 
 try:  # Python 3.11+
     import tomllib
@@ -516,7 +517,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 
 # ------------------------------------------------------------------------------------------------------
-# TOML / YAML writers
+# YAML (TOML is written by toml_writer)
 # ------------------------------------------------------------------------------------------------------
 
 def _yaml() -> Any:
@@ -525,65 +526,6 @@ def _yaml() -> Any:
     except ImportError:
         raise ConfigError("YAML configs need PyYAML (pip install pyyaml); or write the config as TOML.") from None
     return yaml
-
-
-def _toml_scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        r = repr(v)
-        return r if any(c in r for c in ".en") else r + ".0"
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_scalar(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_scalar(x)}" for k, x in v.items()) + "}"
-    if v is None:
-        raise ConfigError("TOML has no null; remove the key or give it a value.")
-    raise ConfigError(f"cannot write {type(v).__name__} {v!r} to TOML.")
-
-
-def _toml_key(k: str) -> str:
-    return k if k and all(c.isalnum() or c in "_-" for c in k) else json.dumps(k)
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for the config tree (tables, arrays of tables, scalars, arrays, inline tables)."""
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any], header: str | None) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_table_array(v)}
-        subtables = {k: v for k, v in d.items() if isinstance(v, dict)}
-        arrays = {k: v for k, v in d.items() if _is_table_array(v)}
-        if header is not None:
-            lines.append(header)
-        for k, v in scalars.items():
-            lines.append(f"{_toml_key(k)} = {_toml_scalar(v)}")
-        for k, v in subtables.items():
-            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
-            lines.append("")
-            table(name, v, f"[{name}]")
-        for k, v in arrays.items():
-            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
-            for entry in v:
-                lines.append("")
-                lines.append(f"[[{name}]]")
-                for ek, ev in entry.items():
-                    lines.append(f"{_toml_key(ek)} = {_toml_scalar(ev)}")
-
-    table("", data, None)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _is_table_array(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, dict) for x in v)
 
 
 def field_help(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str]]:
