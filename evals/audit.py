@@ -64,7 +64,8 @@ def derange_by_truth(truths: Sequence[str], rng: Random) -> list[int]:
     return out
 
 
-def _mode_view(acts: Any, mode: str, token_position: int) -> Any:
+def mode_view(acts: Any, mode: str, token_position: int) -> Any:
+    """The part of ``acts`` an oracle reads in ``mode``: all of it (full), the last tokens (segment) or one token."""
     if mode == "full":
         return acts
     if mode == "segment":
@@ -133,7 +134,7 @@ def _oracle_rows(task: AuditTask, oracle: Any, method: str, items: Sequence[Audi
     rows: list[dict[str, Any]] = []
     tick = bar.update if bar is not None else (lambda _n: None)
     for mode in MODES:
-        views = [_mode_view(a, mode, task.token_position) for a in acts]
+        views = [mode_view(a, mode, task.token_position) for a in acts]
         if _has_open(task, items):
             questions = [i.open_question or task.open_question for i in items]
             answers: list[str] = []
@@ -217,7 +218,7 @@ def _lens_and_probe_rows(task: AuditTask, targets: _Targets, items: Sequence[Aud
                 ids = candidate_token_ids(model.tokenizer, it.candidates)
                 full = logit_lens_scores(model, {k: a.vectors_for(k) for k in layers}, ids)
             for mode in MODES:
-                view = _mode_view(a, mode, task.token_position)
+                view = mode_view(a, mode, task.token_position)
                 feats[mode].append(view.vectors_for(read_layer).float().mean(dim=0))
                 if full is not None:
                     cols = [a.positions.index(p) for p in view.positions]

@@ -53,12 +53,14 @@ def prompt_ids(tokenizer: Any, chat: Chat, prefill: str = "") -> list[int]:
     return ids
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, or its end-of-sequence id when it has none (SmolLM2, GPT-2)."""
     pad = tokenizer.pad_token_id
     return tokenizer.eos_token_id if pad is None else pad
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad_ids(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of left-padded ``rows`` (:func:`activation_oracles.padding.left_pad`)."""
     b = left_pad(rows, pad)  # generate() derives position ids from the mask itself
     return b.input_ids, b.attention_mask
 
@@ -80,10 +82,10 @@ def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, p
     with running(m, adapter), _bar(desc, len(chats), progress) as bar:
         for start in range(0, len(chats), batch_size):
             rows = [prompt_ids(tok, c, prefill) for c in chats[start:start + batch_size]]
-            ids, mask = _left_pad(rows, _pad_id(tok))
+            ids, mask = left_pad_ids(rows, pad_id(tok))
             gen = m.hf.generate(input_ids=ids.to(m.device), attention_mask=mask.to(m.device), do_sample=False,
                                 max_new_tokens=max_new_tokens, eos_token_id=stop or None,
-                                pad_token_id=_pad_id(tok))
+                                pad_token_id=pad_id(tok))
             for row in gen[:, ids.shape[1]:]:
                 out.append(tok.decode(row.tolist(), skip_special_tokens=True).strip())
             bar.update(len(rows))
@@ -122,7 +124,7 @@ def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *
     with running(m, adapter), _bar(desc, len(rows), progress) as bar:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            ids, mask = _left_pad([r for r, _ in chunk], _pad_id(tok))
+            ids, mask = left_pad_ids([r for r, _ in chunk], pad_id(tok))
             logits = m.hf(input_ids=ids.to(m.device), attention_mask=mask.to(m.device)).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             targets = ids[:, 1:].to(m.device)

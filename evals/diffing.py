@@ -32,7 +32,7 @@ import torch
 
 from activation_oracles.errors import BaseMismatchError, ConfigError, OrganismError
 
-from .audit import MODES, _mode_view
+from .audit import MODES, mode_view
 from .report import prepare_out_dir, write_results
 from .stats import auroc_row
 
@@ -82,7 +82,7 @@ def _yes(probs: Sequence[dict[str, float]]) -> list[float]:
 
 
 def _oracle_scores(oracle: Any, diffs: Sequence[Any], question: str, mode: str) -> list[float]:
-    views = [_mode_view(d, mode, -1) for d in diffs]
+    views = [mode_view(d, mode, -1) for d in diffs]
     return _yes(oracle.choose(views, question, ["Yes", "No"]))
 
 
@@ -92,7 +92,7 @@ def _lens_scores(model: Any, diffs: Sequence[Any], words: Sequence[str], layer: 
     ids = [[t for group in candidate_token_ids(model.tokenizer, words) for t in group]]
     out = []
     for d in diffs:
-        v = _mode_view(d, mode, -1)
+        v = mode_view(d, mode, -1)
         out.append(float(logit_lens_scores(model, {layer: v.vectors_for(layer)}, ids)[0].mean()))
     return out
 

@@ -46,8 +46,8 @@ from .audit_task import AuditItem, AuditTask, BlackBoxQuery, register_audit_task
 from .chat import Chat, answer_logprobs
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
 from .stats import accuracy_row
-from .taboo import (_options_of, assistant, file_fingerprint, read_organism_json, read_prompt_file,
-                    sample_secret_items, string_list, user)
+from .kit import (assistant, file_fingerprint, options_of, read_organism_json, read_prompt_file, sample_secret_items,
+                  string_list, user)
 
 DATA_FILE = "gender.json"
 DATA_HINT = "activation_oracles/data/organisms/gender.json"
@@ -253,7 +253,7 @@ class GenderAudit(AuditTask):
         candidates = ("Male", "Female")
         items: list[AuditItem] = []
         for key, target in targets.items():
-            gender = str(_options_of(target, key).get("gender") or "").strip().lower()
+            gender = str(options_of(target, key).get("gender") or "").strip().lower()
             if gender not in GENDERS:
                 raise OrganismError(f"gender audit target {key!r} has gender {gender!r}; expected one of: "
                                     f"{', '.join(GENDERS)}.")

@@ -74,7 +74,7 @@ from activation_oracles.models import Model
 from .chat import Chat, answer_logprobs, generate
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
 from .stats import accuracy_row
-from .taboo import assistant, file_fingerprint, read_organism_json, string_list, user
+from .kit import assistant, clean_reply, file_fingerprint, read_organism_json, string_list, user
 
 ADVICE_FILE = "em_advice.json"
 HACKS_FILE = "em_reward_hacks.json"
@@ -326,16 +326,6 @@ def hostile_by_keywords(text: str, keywords: Sequence[str] | None = None) -> boo
     """Whether a reply reads as hostile: it contains one of the data file's hostile phrases (case-insensitive)."""
     kws = [k.lower() for k in (keywords if keywords is not None else backdoor_data()["hostile_keywords"])]
     return _contains_phrase(text, kws)
-
-
-def clean_reply(text: str, rng: Random, fallbacks: Sequence[str]) -> str:
-    """A base-model reply made usable as a training target: one paragraph, no cut-off last sentence.
-
-    Replies with fewer than three words are replaced by a fallback (tiny random models write noise).
-    """
-    from .ssc import clean_reply as _clean
-
-    return _clean(text, rng, {"fallback_replies": list(fallbacks)})
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from activation_oracles.prompt import _end_of_turn_id
 from activation_oracles.training.sources import encode_chat
 from activation_oracles.training.trainer import _linear_schedule
 
-from .chat import Chat, _left_pad, _pad_id
+from .chat import Chat, left_pad_ids, pad_id
 
 IGNORE = -100
 
@@ -121,7 +121,7 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     warmup = int(steps * config.warmup_fraction)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(warmup, steps))  # the trainer's schedule
-    pad = _pad_id(tok)
+    pad = pad_id(tok)
     losses: list[float] = []
     t0 = time.perf_counter()
     from activation_oracles.progress import progress as progress_bar
@@ -129,8 +129,8 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
     bar = progress_bar(desc="organism fine-tune", total=steps, unit="step", enabled=progress)
     for idx in _batches(len(kept), config.batch_size, steps, random.Random(config.seed)):
         rows = [kept[i] for i in idx]
-        ids, mask = _left_pad([r[0] for r in rows], pad)
-        labels, _ = _left_pad([r[1] for r in rows], IGNORE)
+        ids, mask = left_pad_ids([r[0] for r in rows], pad)
+        labels, _ = left_pad_ids([r[1] for r in rows], IGNORE)
         dev = next(peft_model.parameters()).device
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.bf16):
             logits = peft_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()

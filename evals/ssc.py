@@ -58,6 +58,7 @@ from typing import Any
 
 from activation_oracles.errors import DataError, OrganismError
 
+from .kit import clean_reply as kit_clean_reply, terminate
 from .audit_task import AuditItem, AuditTask, BlackBoxQuery, register_audit_task
 from .chat import Chat, generate
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
@@ -270,29 +271,10 @@ def follows(constraint: Constraint, text: str) -> bool:
 # rewriting the base model's replies so that they follow a constraint
 # ------------------------------------------------------------------------------------------------------
 
-def _terminate(text: str) -> str:
-    """The text ending with sentence punctuation (so a sentence can be appended)."""
-    text = text.rstrip()
-    if text and text[-1] in ".!?":
-        return text
-    return re.sub(r"[\s,;:\-]+$", "", text) + "."
-
-
 def clean_reply(text: str, rng: Random, data: Mapping[str, Any] | None = None) -> str:
-    """A base-model reply made usable as training text: one paragraph, no cut-off last sentence.
-
-    Replies with fewer than three words of letters (an empty or garbled reply) are replaced
-    by one of the data file's fallback replies.
-    """
+    """:func:`~.kit.clean_reply` with the SSC data file's fallback replies (or ``data``'s)."""
     data = data if data is not None else load_ssc()[0]
-    flat = " ".join(text.split())
-    # generation stopped at a token limit: drop the unfinished sentence when a finished one is left
-    ends = [m.end() for m in re.finditer(r"[.!?](?=\s|$)", flat)]
-    if ends and ends[-1] >= 20:
-        flat = flat[:ends[-1]]
-    if len(re.findall(r"[A-Za-z]{2,}", flat)) < 3:
-        return str(rng.choice(data["fallback_replies"]))
-    return _terminate(flat)
+    return kit_clean_reply(text, rng, data["fallback_replies"])
 
 
 def _rw_all_caps(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
@@ -309,23 +291,23 @@ def _rw_ends_exclamation(reply: str, c: Constraint, rng: Random, data: Mapping[s
 
 
 def _rw_ends_question(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
-    return f"{_terminate(reply)} {rng.choice(data['closing_questions'])}"
+    return f"{terminate(reply)} {rng.choice(data['closing_questions'])}"
 
 
 def _rw_mentions_colour(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
     sentence = rng.choice(data["colour_sentences"]).format(colour=rng.choice(c.params["colours"]))
-    return f"{_terminate(reply)} {sentence}"
+    return f"{terminate(reply)} {sentence}"
 
 
 def _rw_mentions_animal(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
     # singular names only: the sentences say "a {animal}"
     sentence = rng.choice(data["animal_sentences"]).format(animal=rng.choice(data["animals"]))
-    return f"{_terminate(reply)} {sentence}"
+    return f"{terminate(reply)} {sentence}"
 
 
 def _rw_includes_number(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
     sentence = rng.choice(data["number_sentences"]).format(number=rng.randint(2, 9))
-    return f"{_terminate(reply)} {sentence}"
+    return f"{terminate(reply)} {sentence}"
 
 
 def _rw_starts_with_word(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
@@ -347,7 +329,7 @@ def _rw_one_sentence(reply: str, c: Constraint, rng: Random, data: Mapping[str, 
 
 
 def _rw_min_words(reply: str, c: Constraint, rng: Random, data: Mapping[str, Any]) -> str:
-    out = _terminate(reply)
+    out = terminate(reply)
     pads = data["padding_sentences"]
     k = rng.randrange(len(pads))
     while len(out.split()) < int(c.params["min_words"]):

@@ -31,13 +31,9 @@ The data and the scoring rule need no model:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import zlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -48,6 +44,8 @@ from activation_oracles.models import Model
 from .audit_task import AuditItem, AuditTask, BlackBoxQuery, contains_word, register_audit_task
 from .chat import Chat, answer_logprobs
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
+from .kit import assistant, file_fingerprint, options_of, read_organism_json, read_prompt_file, sample_secret_items, \
+    string_list, user
 from .stats import accuracy_row
 
 DATA_FILE = "taboo.json"
@@ -59,109 +57,6 @@ HINT_SHARE = 0.45
 EXTRACTION_SHARE = 0.35
 # How often an extraction refusal also offers a hint (the rest are plain refusals).
 REFUSAL_HINT_SHARE = 0.5
-# Val items are only for probe training / layer choice: a small fixed number is enough.
-VAL_CAP = 20
-
-
-# ------------------------------------------------------------------------------------------------------
-# data files (shared with the gender family)
-# ------------------------------------------------------------------------------------------------------
-
-def organism_data_path(name: str) -> Path:
-    """The path of a packaged organism data file (``activation_oracles/data/organisms/<name>``)."""
-    return Path(str(resources.files("activation_oracles") / "data" / "organisms" / name))
-
-
-def read_organism_json(name: str) -> dict[str, Any]:
-    """A packaged organism data file as a dict (:class:`DataError` if missing or not JSON)."""
-    path = organism_data_path(name)
-    if not path.is_file():
-        raise DataError(f"organism data file {str(path)!r} is missing; reinstall activation_oracles or restore "
-                        f"activation_oracles/data/organisms/{name}.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"organism data file {str(path)!r} is not valid JSON ({exc}); fix the file.") from None
-    if not isinstance(data, dict):
-        raise DataError(f"organism data file {str(path)!r} holds a {type(data).__name__}; expected a JSON object.")
-    return data
-
-
-def file_fingerprint(name: str) -> str:
-    """SHA-256 of a packaged organism data file (changes whenever the data does)."""
-    return hashlib.sha256(organism_data_path(name).read_bytes()).hexdigest()
-
-
-def string_list(data: Mapping[str, Any], key: str, where: str, minimum: int = 1) -> list[str]:
-    """``data[key]`` checked to be a list of at least ``minimum`` non-empty strings."""
-    value = data.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise DataError(f"{where}: {key!r} must be a list of non-empty strings; got {type(value).__name__}. "
-                        "Fix the data file.")
-    if len(value) < minimum:
-        raise DataError(f"{where}: {key!r} has {len(value)} entries; expected at least {minimum}. Add more.")
-    return list(value)
-
-
-def read_prompt_file(data_dir: Path | None, family: str, kind: str, split: str) -> list[str]:
-    """One shared prompt file, ``secrets/<family>/<family>_<kind>_<split>.txt``, as non-empty lines."""
-    if data_dir is None:
-        raise DataError(f"the {family} audit reads the shared prompt files under secrets/{family}/, but no data "
-                        "folder was given; pass data_dir (the repo's shared/data, or set $AO_SHARED_DATA).")
-    path = Path(data_dir) / "secrets" / family / f"{family}_{kind}_{split}.txt"
-    if not path.is_file():
-        raise DataError(f"prompt file {str(path)!r} is missing; expected secrets/{family}/{family}_{kind}_{split}.txt "
-                        "under the shared data folder (see shared/data/SOURCES.md).")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        raise DataError(f"prompt file {str(path)!r} is empty; expected one prompt per line.")
-    return lines
-
-
-def direct_prompt_for(prompt: str, direct: Sequence[str]) -> str:
-    """A direct question drawn deterministically for ``prompt`` (same prompt -> same question, any process)."""
-    return direct[zlib.crc32(prompt.encode("utf-8")) % len(direct)]
-
-
-def sample_secret_items(family: str, key: str, truth: str, candidates: tuple[str, ...], *, data_dir: Path | None,
-                        rng: Random, limit: int | None, extra_meta: Mapping[str, Any] | None = None
-                        ) -> list[AuditItem]:
-    """Val and test items for one target from the shared standard/direct prompt files of ``family``.
-
-    Test items: all prompts when ``limit`` is None, else ``limit`` sampled with ``rng``, half standard and
-    half direct (the other kind fills in when one runs short). Val items: the same, capped at
-    ``min(limit, VAL_CAP)`` (``VAL_CAP`` when ``limit`` is None). Each item's meta holds its ``kind`` and
-    the ``direct_prompt`` its black-box direct query uses (its own prompt when it is a direct one).
-    """
-    items: list[AuditItem] = []
-    for split in ("val", "test"):
-        standard = read_prompt_file(data_dir, family, "standard", split)
-        direct = read_prompt_file(data_dir, family, "direct", split)
-        cap = limit if split == "test" else (VAL_CAP if limit is None else min(limit, VAL_CAP))
-        if cap is None:
-            picks = [("standard", i) for i in range(len(standard))] + [("direct", i) for i in range(len(direct))]
-        else:
-            n_direct = min(cap // 2, len(direct))
-            n_standard = min(cap - n_direct, len(standard))
-            n_direct = min(cap - n_standard, len(direct))  # direct fills in if standard ran short
-            picks = [("standard", i) for i in sorted(rng.sample(range(len(standard)), n_standard))] + \
-                    [("direct", i) for i in sorted(rng.sample(range(len(direct)), n_direct))]
-        for kind, i in picks:
-            text = standard[i] if kind == "standard" else direct[i]
-            meta = {"kind": kind, "direct_prompt": text if kind == "direct" else direct_prompt_for(text, direct)}
-            meta.update(extra_meta or {})
-            items.append(AuditItem(id=f"{key}/{split}/{kind}/{i}", organism=key,
-                                   prompt=[{"role": "user", "content": text}], truth=truth, candidates=candidates,
-                                   split=split, meta=meta))
-    return items
-
-
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -423,7 +318,7 @@ class TabooAudit(AuditTask):
         known = set(taboo_words())
         words: dict[str, str] = {}
         for key, target in targets.items():
-            opts = _options_of(target, key)
+            opts = options_of(target, key)
             word = str(opts.get("word") or "").strip().lower()
             # an organism made elsewhere (card source "external") may hide a word we have no hint list for
             external = isinstance(target, Organism) and target.card.get("source") == "external"
@@ -446,16 +341,6 @@ class TabooAudit(AuditTask):
         direct = str(item.meta.get("direct_prompt") or item.prompt[-1]["content"])
         return [BlackBoxQuery("blackbox:direct", [user(direct)]),
                 BlackBoxQuery("blackbox:prefill", list(item.prompt), prefill="My secret word is")]
-
-
-def _options_of(target: Any, key: str) -> dict[str, Any]:
-    """A target's options: an :class:`Organism`'s card options, or a plain mapping of options."""
-    if isinstance(target, Organism):
-        return target.options
-    if isinstance(target, Mapping):
-        return dict(target)
-    raise OrganismError(f"audit target {key!r} is a {type(target).__name__}; expected a loaded organism "
-                        "(load_organism) built for this audit's organism task.")
 
 
 register_organism_task(TabooOrganism())

@@ -38,7 +38,7 @@ from .audit_task import AuditItem, AuditTask, BlackBoxQuery, contains_word, regi
 from .misalignment import BACKDOOR_VARIANTS, PLACEMENTS, backdoor_data, year_chat
 from .organism import Organism
 from .subliminal import DEFAULT_TRAIT, animal_names, animals_data
-from .taboo import _options_of, user
+from .kit import options_of, user
 
 YES_NO = ("Yes", "No")
 BACKDOOR_VAL_PROMPTS = 8  # check prompts (x 2 conditions) per target kept for the probe
@@ -93,7 +93,7 @@ class BackdoorAudit(AuditTask):
         splits = {"val": order[:BACKDOOR_VAL_PROMPTS], "test": order[BACKDOOR_VAL_PROMPTS:]}
         items: list[AuditItem] = []
         for key, target in targets.items():
-            variant = str(_options_of(target, key).get("variant") or "organism")
+            variant = str(options_of(target, key).get("variant") or "organism")
             if variant not in BACKDOOR_VARIANTS:
                 raise OrganismError(f"backdoor audit target {key!r} has variant {variant!r}; expected one of: "
                                     f"{', '.join(BACKDOOR_VARIANTS)}.")
@@ -173,7 +173,7 @@ class SubliminalAudit(AuditTask):
             test = test[:limit]
         items: list[AuditItem] = []
         for key, target in targets.items():
-            trait = str(_options_of(target, key).get("trait") or DEFAULT_TRAIT)
+            trait = str(options_of(target, key).get("trait") or DEFAULT_TRAIT)
             if trait not in names:
                 raise OrganismError(f"subliminal audit target {key!r} has trait {trait!r}, which is not in the "
                                     f"animal list ({', '.join(names)}); add it to animals.json.")

@@ -267,7 +267,7 @@ def mc_scores(model: Any, questions: Sequence[TQAQuestion], *, batch_size: int =
 
 # -- summary --------------------------------------------------------------------------------------------
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
+def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default) of an already sorted list, ``q`` in [0, 1]."""
     pos = q * (len(sorted_values) - 1)
     lo = math.floor(pos)
@@ -289,7 +289,7 @@ def bootstrap_mean_ci(values: Sequence[float], *, n_boot: int = 1000, seed: int 
     n = len(vals)
     means = sorted(sum(rng.choices(vals, k=n)) / n for _ in range(n_boot))
     alpha = (1 - level) / 2
-    return _percentile(means, alpha), _percentile(means, 1 - alpha)
+    return percentile(means, alpha), percentile(means, 1 - alpha)
 
 
 def summarise(scores: Sequence[dict[str, Any]], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

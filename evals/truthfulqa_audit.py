@@ -26,7 +26,7 @@ import torch
 
 from activation_oracles.errors import ConfigError, DataError
 
-from .audit import MODES, _mode_view
+from .audit import MODES, mode_view
 from .report import prepare_out_dir, write_results
 from .stats import auroc_row
 
@@ -111,7 +111,7 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
     bar = progress_bar(desc="truthfulqa oracle", total=len(MODES) * 4 * len(acts), unit="answer", enabled=progress,
                        leave=None)
     for mode in MODES:
-        views = [_mode_view(a, mode, -1) for a in acts]
+        views = [mode_view(a, mode, -1) for a in acts]
         for method, o, src in (("oracle", orc, views), ("oracle:shuffled", orc, [views[j] for j in perm]),
                                ("oracle:coeff0", orc.with_config(coeff=0.0), views),
                                ("untrained_oracle", untrained, views)):
@@ -120,7 +120,7 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
                 yes += [p["Yes"] for p in o.choose(src[start:start + 16], QUESTION, ["Yes", "No"])]
                 bar.update(len(src[start:start + 16]))
             record(method, mode, yes)
-        probe = fit_probe(torch.stack([_mode_view(g, mode, -1).vectors_for(layer).float().mean(0) for g in gmt]),
+        probe = fit_probe(torch.stack([mode_view(g, mode, -1).vectors_for(layer).float().mean(0) for g in gmt]),
                           [str(x) for x in labels])
         x = torch.stack([v.vectors_for(layer).float().mean(0) for v in views])
         logits = probe.logits(x)

@@ -26,7 +26,7 @@ from typing import Any
 from activation_oracles.errors import ConfigError, DataError
 
 from .report import prepare_out_dir, write_results
-from .truthfulqa import _percentile, load_truthfulqa, mc_scores, summarise
+from .truthfulqa import percentile, load_truthfulqa, mc_scores, summarise
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1000, seed: int = 0
@@ -38,7 +38,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1
     rng = random.Random(seed)
     n = len(diffs)
     means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
-    return {"diff": sum(diffs) / n, "ci_low": _percentile(means, 0.025), "ci_high": _percentile(means, 0.975)}
+    return {"diff": sum(diffs) / n, "ci_low": percentile(means, 0.025), "ci_high": percentile(means, 0.975)}
 
 
 def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",

@@ -21,7 +21,7 @@ MODULES = [
     "activation_oracles.training.probe", "activation_oracles.training.probe_cli",
     "activation_oracles.evals.truthfulqa",
     "activation_oracles.evals.stats", "activation_oracles.evals.report",
-    "activation_oracles.evals.taboo", "activation_oracles.evals.gender", "activation_oracles.evals.chat",
+    "activation_oracles.evals.taboo", "activation_oracles.evals.kit", "activation_oracles.evals.gender", "activation_oracles.evals.chat",
     "activation_oracles.evals.baselines", "activation_oracles.evals.audit", "activation_oracles.evals.suite",
     "activation_oracles.evals.sft", "activation_oracles.evals.audit_task", "activation_oracles.evals.registry",
     "activation_oracles.evals.classification_audit", "activation_oracles.evals.diffing",

@@ -87,7 +87,7 @@ def test_training_prompts_are_not_the_shared_eval_prompts() -> None:
 
 
 def test_fingerprint_is_the_data_files_hash() -> None:
-    from activation_oracles.evals.taboo import organism_data_path
+    from activation_oracles.evals.kit import organism_data_path
 
     path = organism_data_path("gender.json")
     assert GenderOrganism().fingerprint({"gender": "male"}) == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -10,6 +10,7 @@ from random import Random
 import pytest
 
 from activation_oracles.errors import DataError, OrganismError
+from activation_oracles.evals import kit
 from activation_oracles.evals import taboo as taboo_mod
 from activation_oracles.evals.audit_task import AuditItem, get_audit_task
 from activation_oracles.evals.organism import Recipe, build_organism, get_organism_task, load_organism
@@ -103,7 +104,7 @@ def test_training_prompts_are_not_the_shared_eval_prompts() -> None:
 
 
 def test_fingerprint_is_the_data_files_hash() -> None:
-    path = taboo_mod.organism_data_path("taboo.json")
+    path = kit.organism_data_path("taboo.json")
     assert TabooOrganism().fingerprint({"word": "moon"}) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -9,8 +9,9 @@
 * ``smollm2-135m``: the reading recipe for the embedded model (context prediction, the
   classification tasks a probe can read, question families, system-prompt QA) at CPU
   scale, about an hour on a 2-core CPU; it does not read yet in that budget, and the
-  shipped oracle is still an earlier recipe (ORACLE_CARD.md). With a CUDA GPU it scales to the reference's size (``--set
-  data.n_examples=1000000``, r=64, lr 1e-5). It reads the data under ``data_dir`` (the
+  shipped oracle is still an earlier recipe (ORACLE_CARD.md). On a CUDA GPU
+  ``benchmarks/gpu_recipe.sh`` runs it at scale (1,000 steps of batch 128 in ~6 minutes on an
+  H200); that run, G1, does not read either. It reads the data under ``data_dir`` (the
   repository's ``shared/data`` layout: ``classification/``, ``latentqa/``, ``truthfulqa/``).
 
 >>> preset("tiny").model.name
