@@ -7,7 +7,9 @@ oracle, and commit the result.
 
 Each notebook runs in a temporary working directory, in a kernel that is *this* interpreter (a
 private kernel spec: a user-wide ``python3`` spec may name another Python). Outputs that name the
-temporary directory are rewritten to ``<workdir>``, so no machine's paths are committed.
+temporary directory are rewritten to ``<workdir>``, and stderr streams (library warnings and
+weight-loading bars, which name the installing machine's paths) are not saved, so no machine's
+paths are committed; a reader who runs the notebook sees them as usual.
 
 Usage: ``python examples/render_notebooks.py [NAME.ipynb ...]`` (default: every notebook here).
 """
@@ -80,6 +82,8 @@ def render(name: str) -> Path:
         execute(nb, work, Path(tmp))
         for cell in nb.cells:
             if cell.cell_type == "code":
+                cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream"
+                                                                and o.get("name") == "stderr")]
                 cell.outputs = _scrub(cell.outputs, str(Path(tmp).resolve()), "<workdir>")
                 cell.outputs = _scrub(cell.outputs, tmp, "<workdir>")
     nb.metadata.pop("widgets", None)
