@@ -41,12 +41,22 @@ def heard(monkeypatch: pytest.MonkeyPatch):
         root = logging.getLogger("transformers")
         root.addHandler(handler)
         monkeypatch.setattr(cli_ask, "cmd_ask", lambda args: (_library_noise(), 0)[1])
+        # Start from transformers' default level whatever earlier tests (or libraries they loaded) left:
+        # what is tested is what `ao` and `ao -v` change, not the ambient level.
+        child = logging.getLogger("transformers.modeling_utils")
+        ambient = hf_logging.get_verbosity(), logging.root.manager.disable, child.level
+        hf_logging.set_verbosity_warning()
+        logging.disable(logging.NOTSET)
+        child.setLevel(logging.NOTSET)
         try:
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")
                 assert main(argv) == 0
         finally:
             root.removeHandler(handler)
+            hf_logging.set_verbosity(ambient[0])
+            logging.disable(ambient[1])
+            child.setLevel(ambient[2])
         return handler.messages, [str(w.message) for w in seen]
     return run
 
