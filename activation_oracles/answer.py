@@ -8,8 +8,8 @@ ran into ``max_new_tokens`` and may stop mid-sentence.
 >>> a = Answer("The text is about owls", truncated=True)
 >>> a == "The text is about owls", a.truncated, isinstance(a, str)
 (True, True, True)
->>> import json, pickle
->>> json.dumps(a), pickle.loads(pickle.dumps(a)).truncated
+>>> import copy, json
+>>> json.dumps(a), copy.deepcopy(a).truncated
 ('"The text is about owls"', True)
 """
 

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -73,8 +74,9 @@ def _single_process(cfg: TrainConfig, out: Path) -> tuple[list[float], dict[str,
         torch.set_num_threads(threads)
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
-    cfg = apply_overrides(preset("tiny"), OVERRIDES)
+@pytest.mark.parametrize("weighting", ["token", "example"])
+def test_two_gloo_processes_match_one_process(tmp_path, weighting):
+    cfg = apply_overrides(preset("tiny"), [*OVERRIDES, f"optim.loss_weighting={weighting}"])
     cfg_path = tmp_path / "ddp.toml"
     cfg.save(cfg_path)
     worker = tmp_path / "worker.py"

@@ -297,7 +297,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         step = batch if isinstance(batch, StepInput) else self.make_step_input(batch)
         w = self.dist.world_size
         per_example = self.cfg.optim.loss_weighting == "example"
-        own = float(len(step.examples) if per_example else step.n_answer_tokens)
+        # this process's share (step.examples is the whole global batch, held by every process)
+        own = float(sum(len(m.items) for m in step.micro) if per_example else step.n_answer_tokens)
         if self.dist.enabled:
             n = torch.tensor([own], dtype=torch.float64)
             scale: Any = w / _all_reduce_sum(self._to_device(n), self.dist)[0]
