@@ -29,6 +29,7 @@ from .adapters import inference_mode, use_adapter
 from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real, check_text
 from .config import OracleConfig
+from .forward import answer_logprob_sums
 from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
                      EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError)
 from .hooks import inject_residuals
@@ -379,20 +380,10 @@ class ActivationOracle:
         scores: list[float] = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            seqs = [list(it.prompt.input_ids) + ans for it, ans in chunk]
-            batch = left_pad(seqs, pad_id_of(self.model.tokenizer), self.model.device)
-            ids = batch.input_ids
-            # Only the answer columns are scored: keep the logits of the last k positions (the
-            # full [batch, seq, vocab] log-softmax costs more than the forward pass itself).
-            k = max(len(ans) for _, ans in chunk) + 1
+            batch = left_pad([list(it.prompt.input_ids) + ans for it, ans in chunk], pad_id_of(self.model.tokenizer),
+                             self.model.device)
             with self._session([it for it, _ in chunk]):
-                logits = last_logits(self.model.hf, ids, batch.attention_mask, k, batch.position_ids)
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            width = ids.shape[1]
-            for b, (it, ans) in enumerate(chunk):
-                targets = ids[b, width - len(ans):]
-                lp = logprobs[b, k - 1 - len(ans):].gather(-1, targets[:, None]).sum()
-                scores.append(float(lp))
+                scores += answer_logprob_sums(self.model.hf, batch, [len(ans) for _, ans in chunk])
         return scores
 
     # -- input modes ---------------------------------------------------------------------------------
@@ -439,19 +430,6 @@ class ActivationOracle:
                     **kwargs: Any) -> str:
         """Ask about the vectors of tokens ``start <= i < end`` only."""
         return self.ask(acts.segment(start, end), question, **kwargs)  # type: ignore[return-value]
-
-
-def last_logits(hf: Any, ids: torch.Tensor, mask: torch.Tensor, k: int,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of the last ``k`` positions, ``[batch, k, vocab]`` (``logits_to_keep`` where the model takes it)."""
-    kw: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-    if position_ids is not None:
-        kw["position_ids"] = position_ids
-    try:
-        out = hf(**kw, logits_to_keep=k).logits
-    except TypeError:  # models without logits_to_keep compute them all
-        out = hf(**kw).logits
-    return out[:, -k:]
 
 
 def _cache_kwarg(hf: Any) -> str:

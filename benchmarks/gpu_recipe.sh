@@ -16,6 +16,7 @@
 #   AO_GPU_PARTS="" AO_GPU_DEVICE=cpu AO_GPU_CARD_EVALS=classification_held_out AO_GPU_CARD_N=2 \
 #   AO_GPU_TRAIN="--set data.n_examples=64 --set eval.every=0 --set checkpoint.every=0" \
 #   OUT=/tmp/out bash benchmarks/gpu_recipe.sh
+# AO_GPU_SWEEP="--minutes 5 ..." runs benchmarks/_gpu_sweep.py (several variations at once) instead.
 set -uo pipefail
 OUT=${OUT:-/tmp/ao-gpu-out}
 WORK=${AO_GPU_WORK:-/tmp/ao-gpu}
@@ -49,10 +50,21 @@ DATA=${AO_GPU_DATA:-$WORK/data}
 if [ -f "$FILES/data.tgz" ]; then rm -rf "$DATA" && mkdir -p "$DATA" && tar xzf "$FILES/data.tgz" -C "$DATA" || exit 5; fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH} AO_CACHE=$WORK/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 export AO_PROGRESS=0 TOKENIZERS_PARALLELISM=false AO_DATA_DIR=$DATA
+REPO=$(pwd)
 cd "$WORK" || exit 6  # run from outside the checkout: the package comes from $SITE only
 "$PY" -c "import activation_oracles, torch, transformers, peft; print(activation_oracles.__file__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available(),
           'transformers', transformers.__version__, 'peft', peft.__version__)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+
+# 2'. or several variations side by side (benchmarks/_gpu_sweep.py; AO_GPU_SWEEP holds its options)
+if [ -n "${AO_GPU_SWEEP:-}" ]; then
+  say "sweep"
+  # shellcheck disable=SC2086
+  "$PY" "$REPO/benchmarks/_gpu_sweep.py" --data-dir "$DATA" --out "$OUT" --work "$WORK/sweep" --device "$DEVICE" \
+    $AO_GPU_SWEEP 2>&1 | tee "$OUT/sweep.log"
+  say "done"
+  exit 0
+fi
 
 # 2. train (optim.max_minutes ends it in time, writing the oracle as if it had ended there)
 say "training"

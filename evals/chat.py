@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from activation_oracles.adapters import use_adapter
+from activation_oracles.forward import answer_logprob_sums
 from activation_oracles.models import Model, as_model
 from activation_oracles.padding import left_pad
 from activation_oracles.prompt import _end_of_turn_id
@@ -124,13 +125,9 @@ def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *
     with running(m, adapter), _bar(desc, len(rows), progress) as bar:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
-            ids, mask = left_pad_ids([r for r, _ in chunk], pad_id(tok))
-            logits = m.hf(input_ids=ids.to(m.device), attention_mask=mask.to(m.device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = ids[:, 1:].to(m.device)
-            tok_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for i, (_, k) in enumerate(chunk):
-                scores.append(float(tok_lp[i, -k:].sum()))
+            # position ids too (left_pad): an absolute-position model reads padded rows right
+            batch = left_pad([r for r, _ in chunk], pad_id(tok), m.device)
+            scores += answer_logprob_sums(m.hf, batch, [k for _, k in chunk])
             bar.update(len(chunk))
     return scores
 

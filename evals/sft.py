@@ -28,11 +28,12 @@ import torch
 
 from activation_oracles.errors import ConfigError, DataError
 from activation_oracles.models import Model
+from activation_oracles.padding import left_pad
 from activation_oracles.prompt import _end_of_turn_id
 from activation_oracles.training.sources import encode_chat
 from activation_oracles.training.trainer import _linear_schedule
 
-from .chat import Chat, left_pad_ids, pad_id
+from .chat import Chat, pad_id
 
 IGNORE = -100
 
@@ -129,11 +130,11 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
     bar = progress_bar(desc="organism fine-tune", total=steps, unit="step", enabled=progress)
     for idx in _batches(len(kept), config.batch_size, steps, random.Random(config.seed)):
         rows = [kept[i] for i in idx]
-        ids, mask = left_pad_ids([r[0] for r in rows], pad)
-        labels, _ = left_pad_ids([r[1] for r in rows], IGNORE)
         dev = next(peft_model.parameters()).device
+        batch = left_pad([r[0] for r in rows], pad, dev)  # with position ids, for absolute-position bases
+        labels = left_pad([r[1] for r in rows], IGNORE).input_ids
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = peft_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+            logits = peft_model(**batch.forward_kwargs()).logits.float()
         target = labels[:, 1:].to(dev)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                  ignore_index=IGNORE)

@@ -41,3 +41,29 @@ def test_left_pad_positions_start_at_each_rows_first_token():
     for row, n in zip(range(3), (2, 4, 1)):
         assert b.position_ids[row, -n:].tolist() == list(range(n))
         assert b.attention_mask[row].sum() == n
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "gemma2"])
+def test_batched_answer_scoring_equals_single(arch, embedded_tokenizer):
+    """The evals' chat scoring (activation_oracles.forward underneath) reads padded rows right."""
+    from activation_oracles.evals.chat import answer_logprobs
+
+    m = _model(arch, embedded_tokenizer)
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    answers = ["Yes", "No, it is not.", "Maybe"]
+    together = answer_logprobs(m, chats, answers, batch_size=3)
+    alone = [answer_logprobs(m, [c], [a], batch_size=1)[0] for c, a in zip(chats, answers)]
+    assert together == pytest.approx(alone, rel=1e-4, abs=1e-4)
+
+
+def test_label_logprobs_score_only_labelled_columns():
+    from activation_oracles.forward import label_logprobs
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 10)
+    labels = torch.tensor([[-100, -100, 3, 4, 5], [-100, -100, -100, -100, 9]])
+    lp, scored = label_logprobs(logits, labels)
+    expect = torch.log_softmax(logits, -1)
+    assert scored.tolist() == [[True, True, True], [False, False, True]]
+    assert lp[0].tolist() == pytest.approx([expect[0, 0, 3].item(), expect[0, 1, 4].item(), expect[0, 2, 5].item()])
+    assert lp[1].tolist() == pytest.approx([0.0, 0.0, expect[1, 2, 9].item()])

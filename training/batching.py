@@ -33,6 +33,7 @@ import torch
 
 from ..config import OracleConfig
 from ..errors import DataError
+from ..forward import label_logprobs
 from ..padding import left_pad
 from ..prompt import answer_ids, build_prompt
 from .example import TrainingExample
@@ -273,11 +274,9 @@ def answer_loss_sum(logits_BKV: torch.Tensor, labels_BS: torch.Tensor) -> torch.
 def answer_loss_terms(logits_BKV: torch.Tensor, labels_BS: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(token_sum, example_sum)``: the summed answer-token cross-entropy, and the sum over examples
     of each example's mean over its own answer tokens (every example weighs the same, however long
-    its answer: a yes/no answer is 2 tokens, a context-prediction answer up to ~13)."""
-    k = logits_BKV.shape[1]
-    targets_BJ = labels_BS[:, labels_BS.shape[1] - k + 1:]
-    pred = logits_BKV[:, :-1].float()
-    ce_BJ = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), targets_BJ.reshape(-1),
-                                              ignore_index=IGNORE, reduction="none").view(targets_BJ.shape)
-    per_example = ce_BJ.sum(1) / (targets_BJ != IGNORE).sum(1).clamp(min=1)
+    its answer: a yes/no answer is 2 tokens, a context-prediction answer up to ~13). The answer
+    tokens' log-probabilities are :func:`activation_oracles.forward.label_logprobs`', as ``choose``'s."""
+    lp_BJ, scored_BJ = label_logprobs(logits_BKV, labels_BS, IGNORE)
+    ce_BJ = -lp_BJ
+    per_example = ce_BJ.sum(1) / scored_BJ.sum(1).clamp(min=1)
     return ce_BJ.sum(), per_example.sum()

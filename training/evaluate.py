@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..forward import label_logprobs
 from ..hooks import inject_residuals
 from ..progress import progress as progress_bar
 from ..padding import left_pad
@@ -155,11 +156,7 @@ class Evaluation:
                                attention_mask=self._to_device(batch.attention_mask),
                                position_ids=self._to_device(batch.position_ids), logits_to_keep=batch.keep,
                                use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = batch.labels[:, batch.labels.shape[1] - batch.keep + 1:].to(self.device)
-        mask = targets != -100
-        tok_lp = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * mask
-        scores = tok_lp.sum(-1).tolist()
+        scores = label_logprobs(logits, batch.labels)[0].sum(-1).tolist()
         out = []
         for j, p in enumerate(items):
             yes_score, no_score = scores[2 * j], scores[2 * j + 1]

@@ -1,0 +1,76 @@
+"""The scoring forward pass every caller shares: a left-padded batch in, answer log-probabilities out.
+
+``ActivationOracle.choose``, the trainer's loss, the in-training evaluation and the evals' chat
+scoring all ask the same question of a batch: "how likely are these answer tokens after these
+prompts?". They build the batch with :func:`activation_oracles.padding.left_pad` (attention mask
+*and* position ids, so absolute-position models read padded rows right), run :func:`last_logits`
+(only the answer columns' logits: the full ``[batch, seq, vocab]`` log-softmax costs more than the
+forward pass itself) and read the answer tokens' log-probabilities with :func:`label_logprobs`.
+Injection stays with the caller (``hooks.inject_residuals`` around the call), as it depends on
+which vectors go where.
+
+>>> import torch
+>>> logits = torch.zeros(1, 3, 4)                 # uniform over a 4-token vocabulary
+>>> labels = torch.tensor([[7, -100, 2, 3]])      # the prompt's columns are -100
+>>> lp, mask = label_logprobs(logits, labels)
+>>> [round(x, 4) for x in lp[0].tolist()], mask[0].tolist()
+[[-1.3863, -1.3863], [True, True]]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .padding import PaddedBatch
+
+IGNORE = -100
+"""Label of a column that is not scored (the prompt, padding)."""
+
+
+def last_logits(hf: Any, batch: PaddedBatch, k: int, **kwargs: Any) -> torch.Tensor:
+    """Logits of the last ``k`` columns, ``[batch, k, vocab]``, with the batch's mask and position ids.
+
+    ``logits_to_keep`` is passed where the model takes it (models without it compute them all).
+    """
+    kw = {**batch.forward_kwargs(), **kwargs}
+    try:
+        out = hf(**kw, logits_to_keep=k).logits
+    except TypeError:
+        out = hf(**kw).logits
+    return out[:, -k:]
+
+
+def label_logprobs(logits_BKV: torch.Tensor, labels_BS: torch.Tensor, ignore_index: int = IGNORE
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logprob_BJ, scored_BJ)`` of the last ``K - 1`` labels, each predicted by the column before it.
+
+    ``logits_BKV`` are the last ``K`` columns' logits (:func:`last_logits`); ``labels_BS`` the full-width
+    labels, ``ignore_index`` where a column is not scored (its log-probability is returned as 0).
+    """
+    k = logits_BKV.shape[1]
+    targets_BJ = labels_BS[:, labels_BS.shape[1] - k + 1:].to(logits_BKV.device)
+    scored_BJ = targets_BJ != ignore_index
+    logp_BJV = torch.log_softmax(logits_BKV[:, :-1].float(), dim=-1)
+    lp_BJ = logp_BJV.gather(-1, targets_BJ.clamp(min=0)[..., None])[..., 0]
+    return lp_BJ * scored_BJ, scored_BJ
+
+
+def answer_labels(rows: list[list[int]] | tuple[tuple[int, ...], ...], n_answer: list[int], width: int
+                  ) -> torch.Tensor:
+    """Left-padded labels: each row's last ``n_answer[i]`` tokens, :data:`IGNORE` everywhere else."""
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (row, n) in enumerate(zip(rows, n_answer)):
+        if n:
+            labels[i, width - n:] = torch.as_tensor(list(row[len(row) - n:]), dtype=torch.long)
+    return labels
+
+
+def answer_logprob_sums(hf: Any, batch: PaddedBatch, n_answer: list[int], **kwargs: Any) -> list[float]:
+    """Summed log-probability of each row's last ``n_answer[i]`` tokens after the tokens before them."""
+    k = max(n_answer) + 1
+    rows = [row[off:] for row, off in zip(batch.input_ids.tolist(), batch.offsets)]
+    labels = answer_labels(rows, n_answer, batch.input_ids.shape[1])
+    lp, _ = label_logprobs(last_logits(hf, batch, k, **kwargs), labels)
+    return lp.sum(-1).tolist()

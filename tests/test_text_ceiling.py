@@ -1,0 +1,63 @@
+"""The text-in-prompt source and the text ceilings (training/text_in_prompt.py, evals/text_ceiling.py)."""
+
+from __future__ import annotations
+
+from random import Random
+
+import pytest
+
+from activation_oracles.errors import ConfigError
+from activation_oracles.evals.text_ceiling import text_baseline, text_ceiling
+from activation_oracles.oracle import ActivationOracle
+from activation_oracles.tiny import tiny_model
+from activation_oracles.training.classification import Classification
+from activation_oracles.training.text_in_prompt import TextInPrompt, with_text
+
+TASKS = ["gmt/cities", "relations/verb_past_tense"]
+
+
+def test_text_in_prompt_quotes_each_examples_own_text(embedded_tokenizer, data_dir):
+    params = {"data_dir": str(data_dir / "classification"), "tasks": TASKS, "max_context_tokens": 64}
+    wrapped = TextInPrompt("classification", params, layer_percents=(50.0,)).examples(embedded_tokenizer, Random(3))
+    plain = Classification(**params, layer_percents=(50.0,)).examples(embedded_tokenizer, Random(3))
+    for _ in range(12):
+        w, p = next(wrapped), next(plain)
+        text = embedded_tokenizer.decode(list(p.context_ids), skip_special_tokens=True).strip()
+        assert w.question == f'Text: "{text}"\n{p.question}'
+        assert (w.context_ids, w.positions, w.answer, w.layer_percent) == (p.context_ids, p.positions, p.answer,
+                                                                             p.layer_percent)
+        assert w.source == "text_classification" and w.meta["text_in_prompt"]
+
+
+def test_text_in_prompt_refuses_context_prediction_and_bad_inner_params(data_dir):
+    with pytest.raises(ConfigError, match="copying"):
+        TextInPrompt("context_prediction", {"texts": ["a b c"]})
+    with pytest.raises(ConfigError):
+        TextInPrompt("classification", {"data_dir": str(data_dir / "classification"), "no_such_param": 1})
+
+
+def test_with_text_keeps_the_example_and_changes_only_the_question(embedded_tokenizer):
+    from activation_oracles.training.example import TrainingExample
+
+    ex = TrainingExample(tuple(embedded_tokenizer("The sky is green.")["input_ids"]), (2, 3), 25.0, "True?", "No", "s",
+                         {"task": "t"})
+    out = with_text(ex, embedded_tokenizer)
+    assert out.question == 'Text: "The sky is green."\nTrue?'
+    assert (out.context_ids, out.positions, out.answer, out.meta["task"]) == (ex.context_ids, ex.positions, "No", "t")
+    assert ex.question == "True?"  # the original is not modified
+
+
+def test_text_baseline_and_ceiling_score_the_cards_examples(embedded_tokenizer, data_dir):
+    model = tiny_model(tokenizer=embedded_tokenizer)
+    base = text_baseline(model, data_dir=data_dir, n_per_eval=2, evals=["classification_held_out"])
+    pooled = base[0]
+    assert (pooled["eval"], pooled["method"], pooled["n"]) == ("classification_held_out", "text_base", 14)
+    per_task = [r for r in base[1:]]
+    assert len(per_task) == 7 and sum(r["n"] for r in per_task) == 14
+    assert sum(r["correct"] for r in per_task) == pooled["correct"]
+    rows = text_ceiling(ActivationOracle.untrained(model), model, data_dir=data_dir, n_per_eval=1,
+                        evals=["classification_held_out"])
+    methods = {(r["eval"], r["method"]) for r in rows}
+    assert ("classification_held_out", "text_in_prompt") in methods
+    assert ("classification_held_out", "text_in_prompt_coeff0") in methods
+    assert all(r["n"] == 7 for r in rows if r["eval"] == "classification_held_out")
