@@ -1,10 +1,14 @@
 """activation_oracles: ask an LLM questions about another model's activations.
 
 >>> import activation_oracles as ao
->>> target = ao.load_model("smollm2-135m")                        # doctest: +SKIP
->>> acts = ao.capture(target, "Tell me about owls.", layer_percent=50)  # doctest: +SKIP
->>> oracle = ao.ActivationOracle.untrained(target)                # doctest: +SKIP
->>> oracle.choose(acts, "Is this about an animal?", ["Yes", "No"])  # doctest: +SKIP
+>>> target = ao.load_model("smollm2-135m")          # the embedded default, offline
+>>> acts = ao.capture(target, "Tell me about owls.", layer_percent=50)
+>>> acts.layer, acts.d_model
+(15, 576)
+>>> oracle = ao.ActivationOracle.untrained(target)  # or ao.load_oracle("smollm2-135m")
+>>> p = oracle.choose(acts, "Is this about an animal?", ["Yes", "No"])
+>>> sorted(p), round(sum(p.values()), 6)
+(['No', 'Yes'], 1.0)
 
 Names are imported lazily so ``import activation_oracles`` (and ``ao --help``)
 stays instant; torch loads on first use.

@@ -1,16 +1,19 @@
 """``ao.capture``: one call from a prompt to :class:`Activations`.
 
 >>> import activation_oracles as ao
->>> target = ao.load_model("smollm2-135m")                             # doctest: +SKIP
->>> acts = ao.capture(target, "Tell me about owls.", layer_percent=50)  # doctest: +SKIP
->>> acts.layer, acts.d_model                                            # doctest: +SKIP
-(15, 576)
+>>> from activation_oracles.tiny import tiny_model
+>>> target = tiny_model()               # a random 4-block Llama; ao.load_model("smollm2-135m") for the real one
+>>> acts = ao.capture(target, "Tell me about owls.", layer_percent=50)
+>>> acts.layer, acts.d_model
+(2, 64)
+>>> [a.layer for a in ao.capture(target, ["Owls.", "Cats and dogs."], layers=1)]
+[1, 1]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -138,6 +141,20 @@ def content_positions(model: Model, prompt: str | Messages, *, chat: bool = True
     if not out:
         raise PositionError("positions='content' selects nothing: the prompt encodes to special tokens only.")
     return out
+
+
+# One return type per call form (typing.overload): a prompt or a chat gives Activations, a list of
+# them a list.
+@overload
+def capture(model: Any, prompt_or_messages: str | Messages, *, layers: int | Sequence[int] | None = ...,
+            layer_percent: float | Sequence[float] = ..., positions: Any = ..., chat: bool = ...,
+            add_generation_prompt: bool = ..., backend: str = ..., batch_size: int = ...) -> Activations: ...
+
+
+@overload
+def capture(model: Any, prompt_or_messages: Sequence[str | Messages], *, layers: int | Sequence[int] | None = ...,
+            layer_percent: float | Sequence[float] = ..., positions: Any = ..., chat: bool = ...,
+            add_generation_prompt: bool = ..., backend: str = ..., batch_size: int = ...) -> list[Activations]: ...
 
 
 def capture(model: Any, prompt_or_messages: str | Messages | Sequence[str | Messages], *,

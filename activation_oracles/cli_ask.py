@@ -156,9 +156,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     for question in args.question:
         sets = [a for _, a in inputs]
         if choices is not None:
-            results: list[Any] = oracle.choose(sets, question, choices)  # type: ignore[assignment]
+            results: list[Any] = oracle.choose(sets, question, choices)
         else:
-            results = oracle.ask(sets, question, max_new_tokens=args.max_new_tokens)  # type: ignore[assignment]
+            results = oracle.ask(sets, question, max_new_tokens=args.max_new_tokens)
         for (label, a), res in zip(inputs, results):
             record = {"question": question, "mode": args.mode, "input": label, "layer": a.layer,
                       "n_positions": len(a), "oracle": oracle_name}

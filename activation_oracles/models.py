@@ -6,8 +6,8 @@ directory, or a Hugging Face hub id. ``as_model`` wraps a model you already have
 a :class:`Model` takes those too.
 
 >>> import activation_oracles as ao
->>> target = ao.load_model("smollm2-135m")          # doctest: +SKIP
->>> target.n_layers, target.d_model, target.layer_at(50)  # doctest: +SKIP
+>>> target = ao.load_model("smollm2-135m")
+>>> target.n_layers, target.d_model, target.layer_at(50)
 (30, 576, 15)
 """
 

@@ -6,11 +6,15 @@ vectors are added, norm-matched, to the oracle's residual stream after block 1
 during the prompt pass (see :mod:`activation_oracles.prompt`).
 
 >>> import activation_oracles as ao
->>> target = ao.load_model("smollm2-135m")                          # doctest: +SKIP
->>> acts = ao.capture(target, "I love this movie!")                  # doctest: +SKIP
->>> oracle = ao.ActivationOracle.untrained(target)                   # doctest: +SKIP
->>> oracle.choose(acts, "Is the sentiment positive?", ["Yes", "No"])  # doctest: +SKIP
-{'Yes': 0.71, 'No': 0.29}
+>>> from activation_oracles.tiny import tiny_model
+>>> target = tiny_model()               # a random 4-block Llama; ao.load_model("smollm2-135m") for the real one
+>>> acts = ao.capture(target, "I love this movie!")
+>>> oracle = ao.ActivationOracle.untrained(target)
+>>> p = oracle.choose(acts, "Is the sentiment positive?", ["Yes", "No"])   # one set, one question: a dict
+>>> sorted(p)
+['No', 'Yes']
+>>> len(oracle.choose([acts, acts], "Is the sentiment positive?", ["Yes", "No"]))  # a list in, a list out
+2
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -29,7 +33,7 @@ from .adapters import inference_mode, use_adapter
 from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real, check_text
 from .config import OracleConfig
-from .forward import answer_logprob_sums
+from .forward import IGNORE, label_logprobs
 from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
                      EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError)
 from .hooks import inject_residuals
@@ -171,6 +175,19 @@ class ActivationOracle:
         return Answer(text, truncated=not ended and len(new_ids) >= max_new_tokens)
 
     # -- asking --------------------------------------------------------------------------------------
+    # One return type per call form (typing.overload): one activation set and one question give an
+    # Answer, anything with a list gives a list, so callers need no cast or isinstance check.
+    @overload
+    def ask(self, acts: Activations, question: str, *, max_new_tokens: int = ..., temperature: float = ...,
+            seed: int | None = ..., batch_size: int = ..., layer: int | None = ..., reuse_prefix: bool = ...,
+            generate_kwargs: dict[str, Any] | None = ...) -> Answer: ...
+
+    @overload
+    def ask(self, acts: Activations | Sequence[Activations], question: str | Sequence[str], *,
+            max_new_tokens: int = ..., temperature: float = ..., seed: int | None = ..., batch_size: int = ...,
+            layer: int | None = ..., reuse_prefix: bool = ...,
+            generate_kwargs: dict[str, Any] | None = ...) -> list[Answer]: ...
+
     def ask(self, acts: Activations | Sequence[Activations], question: str | Sequence[str], *,
             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, seed: int | None = None,
             batch_size: int = 16, layer: int | None = None, reuse_prefix: bool = True,
@@ -222,7 +239,8 @@ class ActivationOracle:
                 for idx, text in zip(chunk, self._generate([items[i] for i in chunk], max_new_tokens, temperature,
                                                                  extra)):
                     answers[idx] = text
-        return answers[0] if single else answers  # type: ignore[return-value]
+        done = [a for a in answers if a is not None]  # every index was filled above
+        return done[0] if single else done
 
     # Arguments that ask() sets itself, or that would break the prefix cache and the injection.
     _OWN_KWARGS = frozenset({"input_ids", "inputs", "attention_mask", "past_key_values", "cache", "max_new_tokens",
@@ -305,6 +323,15 @@ class ActivationOracle:
                                          **self._gen_kwargs(max_new_tokens, temperature, extra))
         return [self._decode(row[ids.shape[1]:], max_new_tokens) for row in out]
 
+    @overload
+    def choose(self, acts: Activations, question: str, choices: Sequence[str], *, layer: int | None = ...,
+               batch_size: int = ...) -> dict[str, float]: ...
+
+    @overload
+    def choose(self, acts: Activations | Sequence[Activations], question: str | Sequence[str],
+               choices: Sequence[str], *, layer: int | None = ..., batch_size: int = ...
+               ) -> list[dict[str, float]]: ...
+
     def choose(self, acts: Activations | Sequence[Activations], question: str | Sequence[str],
                choices: Sequence[str], *, layer: int | None = None, batch_size: int = 32
                ) -> dict[str, float] | list[dict[str, float]]:
@@ -354,52 +381,48 @@ class ActivationOracle:
         with self._session([item]):
             out = self.model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each answer's first token
+        first_1V = out.logits[0, -1:].float()  # predicts each answer's first token
         width = max(len(a) for a in answers)
         pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
-        scores = [float(first[a[0]]) for a in answers]
+        n = len(answers)
+        # Labels as forward.label_logprobs reads them: a leading unscored column, then each answer.
+        labels = torch.tensor([[IGNORE] + list(a) + [IGNORE] * (width - len(a)) for a in answers])
+        columns = [first_1V.expand(n, 1, -1)]
         if width > 1:
             rows = torch.tensor([list(a) + [pad] * (width - len(a)) for a in answers], device=self.model.device)
             mask = torch.tensor([[1] * ids.shape[1] + [1] * len(a) + [0] * (width - len(a)) for a in answers],
                                 device=self.model.device)
-            batch_cache = cache
-            if len(answers) > 1:
-                batch_cache.batch_repeat_interleave(len(answers))
+            if n > 1:
+                cache.batch_repeat_interleave(n)
             # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
             with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
-                logits = self.model.hf(input_ids=rows[:, :-1], attention_mask=mask[:, :-1],
-                                       **{_cache_kwarg(self.model.hf): batch_cache}).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for c, a in enumerate(answers):
-                if len(a) > 1:
-                    tgt = torch.tensor(list(a[1:]), device=logp.device)
-                    scores[c] += float(logp[c, :len(a) - 1].gather(-1, tgt[:, None]).sum())
-        return scores
-
-    def _score(self, rows: Sequence[tuple[_Item, list[int]]], batch_size: int) -> list[float]:
-        scores: list[float] = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            batch = left_pad([list(it.prompt.input_ids) + ans for it, ans in chunk], pad_id_of(self.model.tokenizer),
-                             self.model.device)
-            with self._session([it for it, _ in chunk]):
-                scores += answer_logprob_sums(self.model.hf, batch, [len(ans) for _, ans in chunk])
-        return scores
+                columns.append(self.model.hf(input_ids=rows[:, :-1], attention_mask=mask[:, :-1],
+                                             **{_cache_kwarg(self.model.hf): cache}).logits.float())
+        columns.append(torch.zeros_like(columns[0]))  # the last column predicts nothing
+        lp, _ = label_logprobs(torch.cat(columns, dim=1), labels)
+        return lp.sum(-1).tolist()
 
     # -- input modes ---------------------------------------------------------------------------------
-    def ask_tokens(self, acts: Activations, question: str, **kwargs: Any) -> list[str]:
+    def ask_tokens(self, acts: Activations, question: str, **kwargs: Any) -> list[Answer]:
         """Ask once per captured position with that single vector (the reference's token mode)."""
         per_token = [acts.token(p) for p in acts.positions]
-        return self.ask(per_token, question, **kwargs)  # type: ignore[return-value]
+        return self.ask(per_token, question, **kwargs)
 
     def choose_tokens(self, acts: Activations, question: str, choices: Sequence[str], **kwargs: Any
                       ) -> list[dict[str, float]]:
         """``choose`` once per captured position (an "oracle lens" over the tokens)."""
         per_token = [acts.token(p) for p in acts.positions]
-        return self.choose(per_token, question, choices, **kwargs)  # type: ignore[return-value]
+        return self.choose(per_token, question, choices, **kwargs)
+
+    @overload
+    def describe(self, acts: Activations, *, max_new_tokens: int = ..., **kwargs: Any) -> Answer: ...
+
+    @overload
+    def describe(self, acts: Sequence[Activations], *, max_new_tokens: int = ..., **kwargs: Any
+                 ) -> list[Answer]: ...
 
     def describe(self, acts: Activations | Sequence[Activations], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 **kwargs: Any) -> str | list[str]:
+                 **kwargs: Any) -> Answer | list[Answer]:
         """An open description of what the activations hold: ``ask`` with :data:`DESCRIBE_QUESTION`.
 
         The holistic mode auditors reach for before they know what to ask. Its quality is
@@ -427,9 +450,9 @@ class ActivationOracle:
         return self.ask(items, [DESCRIBE_QUESTION] * len(items), max_new_tokens=max_new_tokens, **kwargs)
 
     def ask_segment(self, acts: Activations, question: str, start: int, end: int | None = None,
-                    **kwargs: Any) -> str:
+                    **kwargs: Any) -> Answer:
         """Ask about the vectors of tokens ``start <= i < end`` only."""
-        return self.ask(acts.segment(start, end), question, **kwargs)  # type: ignore[return-value]
+        return self.ask(acts.segment(start, end), question, **kwargs)
 
 
 def _cache_kwarg(hf: Any) -> str:

@@ -6,9 +6,11 @@ token ids, and the K activation vectors are injected there. Training and asking
 share these functions, so the oracle is prompted at test time exactly as it was
 trained.
 
->>> from transformers import AutoTokenizer                               # doctest: +SKIP
->>> p = build_prompt(tok, cfg, layer=15, n_positions=3, question="Why?")  # doctest: +SKIP
->>> [p.input_ids[i] for i in p.positions] == [p.placeholder_id] * 3      # doctest: +SKIP
+>>> from activation_oracles.config import OracleConfig
+>>> from activation_oracles.tiny import tiny_model
+>>> tok = tiny_model(n_layers=2, d_model=32).tokenizer     # the embedded SmolLM2 tokenizer
+>>> p = build_prompt(tok, OracleConfig(), layer=15, n_positions=3, question="Why?")
+>>> [p.input_ids[i] for i in p.positions] == [p.placeholder_id] * 3
 True
 """
 
