@@ -20,7 +20,8 @@ import torch
 from .activations import Activations, parse_position_spec
 from .chat import check_messages
 from .checks import check_bool, check_int, check_text
-from .errors import ArgumentTypeError, EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError
+from .errors import (ArgumentTypeError, EmptyInputError, LayerNotFoundError, MissingTokenizerError, PositionError,
+                     PromptTooLongError)
 from .hooks import capture_residuals
 from .models import Model, as_model
 from .padding import left_pad, pad_id_of
@@ -98,7 +99,7 @@ def render(model: Model, prompt: str | Messages, *, chat: bool = True, add_gener
     """Token ids of a prompt, through the model's chat template when ``chat`` is true."""
     tok = model.tokenizer
     if tok is None:
-        raise EmptyInputError(f"{model.name!r} has no tokenizer; load it with ao.load_model or pass "
+        raise MissingTokenizerError(f"{model.name!r} has no tokenizer; load it with ao.load_model or pass "
                               "ao.as_model(model, tokenizer).")
     _check_prompt(prompt)
     if _is_messages(prompt):

@@ -72,6 +72,10 @@ class EmptyInputError(AOError, ValueError):
     """An empty prompt, question, or list where content is required."""
 
 
+class MissingTokenizerError(AOError, ValueError):
+    """A model given without a tokenizer where text must be encoded (wrap it: ``ao.as_model(model, tokenizer)``)."""
+
+
 class ChoicesError(AOError, ValueError):
     """The choices given to ``choose`` are empty, too few, or duplicated."""
 

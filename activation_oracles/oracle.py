@@ -33,9 +33,9 @@ from .adapters import inference_mode, use_adapter
 from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real, check_text
 from .config import OracleConfig
-from .forward import IGNORE, label_logprobs
 from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
-                     EmptyInputError, LayerNotFoundError, PositionError, PromptTooLongError)
+                     EmptyInputError, LayerNotFoundError, MissingTokenizerError, PositionError, PromptTooLongError)
+from .forward import IGNORE, label_logprobs
 from .hooks import inject_residuals
 from .models import Model, as_model
 from .padding import left_pad, pad_id_of
@@ -65,7 +65,7 @@ class ActivationOracle:
         self.config = config
         self.adapter = adapter
         if self.model.tokenizer is None:
-            raise EmptyInputError(f"oracle model {self.model.name!r} has no tokenizer; wrap it with "
+            raise MissingTokenizerError(f"oracle model {self.model.name!r} has no tokenizer; wrap it with "
                                   "ao.as_model(model, tokenizer).")
         self.placeholder_id = placeholder_id(self.model.tokenizer, config)  # checks it is one token
         self._eot = _end_of_turn_id(self.model.tokenizer)

@@ -218,3 +218,12 @@ def test_unknown_dtype():
     with pytest.raises(E.ModelSpecError) as err:
         resolve_dtype("fp12")
     assert "fp12" in _typed(err, E.ModelSpecError, ValueError)
+
+
+def test_a_model_without_tokenizer_gets_missing_tokenizer_error(bare_tiny):
+    with pytest.raises(E.MissingTokenizerError) as err:
+        ao.capture(bare_tiny, "Hello there.")
+    assert "has no tokenizer" in _typed(err, E.MissingTokenizerError, ValueError)
+    with pytest.raises(E.MissingTokenizerError) as err:
+        ao.ActivationOracle.untrained(bare_tiny)
+    assert "ao.as_model(model, tokenizer)" in _typed(err, E.MissingTokenizerError, ValueError)
