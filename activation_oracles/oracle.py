@@ -5,6 +5,12 @@ adapter) whose prompt holds one placeholder token per activation vector; the
 vectors are added, norm-matched, to the oracle's residual stream after block 1
 during the prompt pass (see :mod:`activation_oracles.prompt`).
 
+Why one module of ~500 lines: the class's calls (``ask``, ``choose``, ``describe`` and their
+token/segment modes) share one injection session, one prompt cache and the typed overloads
+that give each call form one return type; what is not the class lives beside it
+(:mod:`activation_oracles.oracle_args` checks the arguments, :mod:`activation_oracles.forward`
+scores answers, :mod:`activation_oracles.padding` pads).
+
 >>> import activation_oracles as ao
 >>> from activation_oracles.tiny import tiny_model
 >>> target = tiny_model()               # a random 4-block Llama; ao.load_model("smollm2-135m") for the real one
@@ -31,12 +37,12 @@ import torch
 from .activations import Activations
 from .adapters import inference_mode, use_adapter
 from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
-from .checks import check_bool, check_int, check_optional_int, check_real, check_text
+from .checks import check_bool, check_int, check_optional_int, check_real
 from .config import OracleConfig
-from .errors import (ActivationsMismatchError, ArgumentError, ArgumentTypeError, ChoicesError, ConfigError,
-                     EmptyInputError, LayerNotFoundError, MissingTokenizerError, PositionError, PromptTooLongError)
+from .errors import ActivationsMismatchError, ArgumentError, ArgumentTypeError, MissingTokenizerError, PromptTooLongError
 from .forward import IGNORE, label_logprobs
 from .hooks import inject_residuals
+from .oracle_args import check_choices, check_overrides, pair_inputs
 from .models import Model, as_model
 from .padding import left_pad, pad_id_of
 from .prompt import OraclePrompt, _end_of_turn_id, answer_ids, build_prompt, placeholder_id
@@ -75,7 +81,7 @@ class ActivationOracle:
     def untrained(cls, model: Any, **overrides: Any) -> ActivationOracle:
         """The base model with the reference injection and no adapter (a Patchscopes-style baseline)."""
         m = as_model(model)
-        _check_overrides(overrides, m.n_layers, fixed=("base_model", "n_layers", "d_model"))
+        check_overrides(overrides, m.n_layers, fixed=("base_model", "n_layers", "d_model"))
         config = OracleConfig(base_model=m.name, n_layers=m.n_layers, d_model=m.d_model, **overrides)
         return cls(m, config, adapter=None)
 
@@ -85,7 +91,7 @@ class ActivationOracle:
 
     def with_config(self, **changes: Any) -> ActivationOracle:
         """A view of this oracle with other settings, e.g. ``coeff=0`` for the no-information control."""
-        _check_overrides(changes, self.model.n_layers)
+        check_overrides(changes, self.model.n_layers)
         return ActivationOracle(self.model, replace(self.config, **changes), self.adapter)
 
     @property
@@ -214,7 +220,7 @@ class ActivationOracle:
         check_optional_int("layer", layer)
         check_bool("reuse_prefix", reuse_prefix)
         extra = self._check_generate_kwargs(generate_kwargs)
-        pairs, single = _pairs(acts, question)
+        pairs, single = pair_inputs(acts, question)
         centred: dict[tuple[int, int], torch.Tensor] = {}  # ``pairs`` keeps every acts alive: ids stay unique
         items = [self._item(a, q, layer, centred) for a, q in pairs]
         self._check_length([it.prompt.input_ids for it in items], max_new_tokens)
@@ -341,10 +347,10 @@ class ActivationOracle:
         (end-of-turn token included, so "Yes" is not rewarded for being the start
         of a longer answer); the probabilities are a softmax of those scores.
         """
-        choice_list = _check_choices(choices)
+        choice_list = check_choices(choices)
         check_optional_int("layer", layer)
         check_int("batch_size", batch_size, minimum=1)
-        pairs, single = _pairs(acts, question)
+        pairs, single = pair_inputs(acts, question)
         prepared = []
         for a, q in pairs:  # every prompt built (and checked) before the first forward pass
             item = self._item(a, q, layer)
@@ -364,9 +370,9 @@ class ActivationOracle:
     def choice_logprobs(self, acts: Activations, question: str, choices: Sequence[str], *,
                         layer: int | None = None) -> dict[str, float]:
         """Unnormalised total log-probability of each choice's answer tokens."""
-        choice_list = _check_choices(choices)
+        choice_list = check_choices(choices)
         check_optional_int("layer", layer)
-        _pairs(acts, question)  # the same checks as ask() and choose()
+        pair_inputs(acts, question)  # the same checks as ask() and choose()
         item = self._item(acts, question, layer)
         src = self._vectors(acts, layer)[0]
         answers = [answer_ids(self.model.tokenizer, self.config, item.prompt, src, question, c) for c in choice_list]
@@ -471,40 +477,6 @@ def _null() -> Iterator[None]:
     yield
 
 
-def _pairs(acts: Any, question: Any) -> tuple[list[tuple[Activations, str]], bool]:
-    acts_many = isinstance(acts, (list, tuple))
-    q_many = isinstance(question, (list, tuple))
-    if q_many and not question:
-        raise EmptyInputError("the list of questions is empty; ask at least one question.")
-    if acts_many and not acts:
-        raise PositionError("the list of activations is empty; pass at least one Activations.")
-    if not acts_many and not isinstance(acts, Activations):
-        raise ActivationsMismatchError(f"acts is a {type(acts).__name__} ({acts!r:.60}); expected Activations (from "
-                                       "ao.capture or Activations.load) or a list of them.")
-    for i, a in enumerate(acts if acts_many else []):
-        if not isinstance(a, Activations):
-            raise ActivationsMismatchError(f"acts[{i}] is a {type(a).__name__} ({a!r:.60}); expected Activations "
-                                           "(from ao.capture or Activations.load).")
-    for q in (question if q_many else [question]):
-        if not isinstance(q, str):
-            raise ArgumentTypeError(f"question={q!r:.60} ({type(q).__name__}); expected a string such as "
-                                    "'What is the secret word?'.")
-        if not q.strip():
-            raise EmptyInputError(f"a question is empty ({q!r}); ask the oracle something, e.g. 'What is the secret "
-                                  "word?'.")
-        check_text("question", q)
-    if acts_many and q_many:
-        if len(acts) != len(question):
-            raise EmptyInputError(f"got {len(acts)} activation sets and {len(question)} questions; pass lists of "
-                                  "equal length (paired), or one of them alone.")
-        return list(zip(acts, question)), False
-    if acts_many:
-        return [(a, question) for a in acts], False
-    if q_many:
-        return [(acts, q) for q in question], False
-    return [(acts, question)], True
-
-
 def _prefix_groups(items: Sequence[_Item]) -> list[list[int]]:
     """Group items whose prompts share the prefix and the very same vectors."""
     groups: dict[tuple, list[int]] = {}
@@ -520,53 +492,6 @@ def _prefix_groups(items: Sequence[_Item]) -> list[list[int]]:
             order.append(key)
         groups[key].append(i)
     return [groups[k] for k in order]
-
-
-def _check_overrides(changes: dict[str, Any], n_layers: int, fixed: tuple[str, ...] = ()) -> None:
-    """Config overrides (``with_config``, ``untrained``): known keys and sane values, checked up front.
-
-    A typo would otherwise be a bare ``TypeError`` from the dataclass, and ``coeff=float("nan")``
-    or ``injection_layer=99`` would be accepted here and fail (or poison every answer) later.
-    """
-    from dataclasses import fields
-
-    valid = [f.name for f in fields(OracleConfig) if f.name not in fixed]
-    for key, value in changes.items():
-        if key not in valid:
-            why = " (it comes from the model)" if key in fixed else ""
-            raise ConfigError(f"unknown oracle setting {key!r}{why}; valid settings are: {', '.join(sorted(valid))}.")
-        if key == "coeff":
-            check_real("coeff", value, fix="c in h + c*||h||*v/||v||: 1 is the reference, 0 the no-information control.")
-        elif key == "injection_layer":
-            check_int("injection_layer", value)
-            if not 0 <= value < n_layers:
-                raise LayerNotFoundError(f"injection_layer={value} is outside the oracle's {n_layers} blocks; expected "
-                                         f"an index in [0, {n_layers}) (the reference uses 1).")
-        elif key == "max_positions":
-            check_int("max_positions", value, minimum=1)
-        elif key in ("placeholder", "prompt_template", "mode", "adapter_name", "base_model"):
-            if not isinstance(value, str):
-                raise ArgumentTypeError(f"{key}={value!r:.60} ({type(value).__name__}); expected a string.")
-            check_text(key, value)
-
-
-def _check_choices(choices: Sequence[str]) -> list[str]:
-    if isinstance(choices, str):
-        raise ChoicesError(f"choices={choices!r} is a string; pass a list such as ['Yes', 'No'].")
-    if not isinstance(choices, (list, tuple)):
-        raise ChoicesError(f"choices={choices!r:.60} ({type(choices).__name__}); pass a list such as ['Yes', 'No'].")
-    choice_list = list(choices)
-    if len(choice_list) < 2:
-        raise ChoicesError(f"choices={choice_list!r}; pass at least two choices, e.g. ['Yes', 'No'].")
-    for c in choice_list:
-        if not isinstance(c, str) or not c.strip():
-            raise ChoicesError(f"choices={choice_list!r} holds an empty choice; every choice needs text.")
-    for c in choice_list:
-        check_text("choice", c)
-    if len(set(choice_list)) != len(choice_list):
-        dups = sorted({c for c in choice_list if choice_list.count(c) > 1})
-        raise ChoicesError(f"choices {dups} appear more than once; each choice must be distinct.")
-    return choice_list
 
 
 from .loading import load_oracle  # noqa: E402  (re-exported: ao.load_oracle lives here for discoverability)
