@@ -128,13 +128,25 @@ class OracleConfig:
                 f"this oracle centres activations with the means of layers {sorted(self.activation_means)} but "
                 f"was given layer {layer}; capture at one of those layers, or use "
                 "oracle.with_config(activation_means=None, activation_scales=None) to inject them as captured.")
+        out = vectors_KD.float() - self._stat_tensor("mean", layer, vectors_KD.device)
+        if self.activation_scales is not None:
+            out = out / self._stat_tensor("scale", layer, vectors_KD.device)
+        return out
+
+    def _stat_tensor(self, kind: str, layer: int, device: Any) -> Any:
+        """The stored mean or scale of ``layer`` as a float32 tensor on ``device``, built once per config
+        (the trainer centres every micro-batch, the oracle every call: the lists stay the stored form)."""
         import torch
 
-        mean = torch.tensor(self.activation_means[layer], dtype=torch.float32, device=vectors_KD.device)
-        out = vectors_KD.float() - mean
-        if self.activation_scales is not None:
-            out = out / torch.tensor(self.activation_scales[layer], dtype=torch.float32, device=vectors_KD.device)
-        return out
+        cache = self.__dict__.get("_stat_tensors")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_stat_tensors", cache)  # frozen dataclass: a cache, not a field
+        key = (kind, layer, str(device))
+        if key not in cache:
+            values = (self.activation_means if kind == "mean" else self.activation_scales)[layer]
+            cache[key] = torch.tensor(values, dtype=torch.float32, device=device)
+        return cache[key]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

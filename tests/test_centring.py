@@ -206,3 +206,19 @@ def test_prefix_reuse_works_for_a_standardised_oracle(tiny, monkeypatch):
     assert calls == [3]  # one prefix pass for the three questions
     assert reused == oracle.ask(acts, questions, max_new_tokens=5, reuse_prefix=False)
     assert reused == [oracle.ask(acts, q, max_new_tokens=5) for q in questions]
+
+
+def test_centre_is_one_cached_transform_and_a_replaced_config_gets_its_own():
+    import dataclasses
+
+    import torch
+
+    cfg = OracleConfig(base_model="m", n_layers=4, d_model=3, activation_means={2: [1.0, 2.0, 3.0]},
+                       activation_scales={2: [1.0, 2.0, 4.0]})
+    v = torch.tensor([[2.0, 4.0, 7.0]])
+    assert cfg.centre(v, 2).tolist() == [[1.0, 1.0, 1.0]]
+    assert cfg.centre(v, 2).tolist() == [[1.0, 1.0, 1.0]]
+    assert sorted(cfg.__dict__["_stat_tensors"]) == [("mean", 2, "cpu"), ("scale", 2, "cpu")]  # built once
+    assert cfg == dataclasses.replace(cfg) and "_stat_tensors" not in cfg.to_dict()
+    other = dataclasses.replace(cfg, activation_means={2: [0.0, 0.0, 0.0]}, activation_scales=None)
+    assert other.centre(v, 2).tolist() == [[2.0, 4.0, 7.0]]  # not the first config's cached tensors

@@ -138,8 +138,6 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             model=self.target)
         self._warm_on_policy(factory)
         self._factory = factory
-        self._means: dict[int, torch.Tensor] = {}
-        self._scales: dict[int, torch.Tensor] = {}
         if self.cfg.model.init_adapter:
             self._warm_start(self.cfg.model.init_adapter)
         elif self.cfg.model.center_activations:
@@ -192,10 +190,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             # epoch 2e6: a stream of its own (training uses epochs 0, 1, ...; evaluation 1e6 + epoch)
             stats = activation_stats(self.target, factory(2 * 10 ** 6), n=256, progress=self._progress_on)
         self._info("mean norms: " + ", ".join(f"layer {layer} {mean.norm():.1f}" for layer, (mean, _) in stats.items()))
-        self._means = {layer: mean.to(self.device) for layer, (mean, _) in stats.items()}
         scales = None
         if self.cfg.model.standardize_activations:
-            self._scales = {layer: scale.to(self.device) for layer, (_, scale) in stats.items()}
             scales = {layer: scale.tolist() for layer, (_, scale) in stats.items()}
         self.oracle_config = replace(self.oracle_config, activation_scales=scales,
                                      activation_means={layer: mean.tolist() for layer, (mean, _) in stats.items()})
@@ -208,10 +204,6 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         weights, stats = read_warm_start(folder, self.peft, self.oracle_config, self.cfg, layers)
         self._info(f"warm start from {folder}: {len(weights)} adapter tensors" +
                    (f", statistics of layers {sorted(stats.activation_means or {})}" if stats.activation_means else ""))
-        if stats.activation_means:
-            self._means = {k: torch.tensor(v, device=self.device) for k, v in stats.activation_means.items()}
-        if stats.activation_scales:
-            self._scales = {k: torch.tensor(v, device=self.device) for k, v in stats.activation_scales.items()}
         self.oracle_config = replace(self.oracle_config, activation_means=stats.activation_means,
                                      activation_scales=stats.activation_scales)
 
@@ -261,15 +253,12 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         return [self._centre(gathered[layer][start:stop], layer) for layer, start, stop in mb.slices]
 
     def _centre(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
-        mean = self._means.get(layer)
-        if mean is None:
-            if self._means:
-                raise DataError(f"an example reads layer {layer}, which has no measured mean (layers "
-                                f"{sorted(self._means)}); the means come from data.layer_percents.")
-            return vectors
-        centred = vectors.float() - mean
-        scale = self._scales.get(layer)
-        return centred if scale is None else centred / scale
+        """The oracle config's transform (``OracleConfig.centre``), the one ``ask``/``choose`` apply."""
+        means = self.oracle_config.activation_means
+        if means and layer not in means:
+            raise DataError(f"an example reads layer {layer}, which has no measured mean (layers "
+                            f"{sorted(means)}); the means come from data.layer_percents.")
+        return self.oracle_config.centre(vectors, layer)
 
     def oracle_loss_sum(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None) -> torch.Tensor:
         """Summed answer-token cross-entropy of the oracle with ``vectors`` injected (graph kept)."""
