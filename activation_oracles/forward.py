@@ -14,7 +14,7 @@ which vectors go where.
 >>> labels = torch.tensor([[7, -100, 2, 3]])      # the prompt's columns are -100
 >>> lp, mask = label_logprobs(logits, labels)
 >>> [round(x, 4) for x in lp[0].tolist()], mask[0].tolist()
-[[-1.3863, -1.3863], [True, True]]
+([-1.3863, -1.3863], [True, True])
 """
 
 from __future__ import annotations

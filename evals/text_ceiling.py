@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from activation_oracles.evals.chat import answer_logprobs
-from activation_oracles.evals.oracle_card import YES_NO, build_eval_sets, capture_examples, score
+from activation_oracles.evals.card_sets import YES_NO, build_eval_sets
+from activation_oracles.evals.oracle_card import capture_examples, score
 from activation_oracles.evals.stats import accuracy_row
 from activation_oracles.models import as_model
 from activation_oracles.training.text_in_prompt import with_text

@@ -9,9 +9,9 @@ question sample is resampled, both models together), so a regression is visible 
 interval below zero.
 
 >>> from activation_oracles.evals.truthfulqa_mc import paired_difference
->>> d = paired_difference([0.5, 0.7, 0.9], [0.5, 0.5, 0.5])
+>>> d = paired_difference([0.6, 0.7, 0.9], [0.5, 0.5, 0.5])    # better on every question
 >>> round(d["diff"], 4), d["ci_low"] > 0
-(0.2, True)
+(0.2333, True)
 """
 
 from __future__ import annotations

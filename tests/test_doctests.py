@@ -33,6 +33,11 @@ MODULES = [
     "activation_oracles.progress", "activation_oracles.verbosity", "activation_oracles.answer",
     "activation_oracles.training.run_card", "activation_oracles.training.batching", "activation_oracles.training.steps",
     "activation_oracles.training.source_registry", "activation_oracles.training.toml_writer",
+    "activation_oracles.forward", "activation_oracles.oracle_args", "activation_oracles.evals.card_sets",
+    "activation_oracles.evals.text_ceiling", "activation_oracles.training.text_in_prompt",
+    "activation_oracles.training.config_io", "activation_oracles.evals.organism", "activation_oracles.evals.personaqa",
+    "activation_oracles.evals.ssc", "activation_oracles.evals.truthfulqa_mc", "activation_oracles.training.checkpoint",
+    "activation_oracles.training.cli", "activation_oracles.training.trainer", "activation_oracles.training.warm_start",
 ]
 
 
@@ -41,3 +46,18 @@ def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
+
+
+def test_every_module_with_examples_is_listed() -> None:
+    """A module whose docstrings hold examples is run above (a new module cannot slip its examples past)."""
+    from pathlib import Path
+
+    found = set()
+    for pkg in ("activation_oracles", "activation_oracles.training", "activation_oracles.evals",
+                "activation_oracles.hooks"):
+        for folder in importlib.import_module(pkg).__path__:
+            for path in Path(folder).glob("*.py"):
+                if ">>> " in path.read_text(encoding="utf-8"):
+                    found.add(pkg if path.stem == "__init__" else f"{pkg}.{path.stem}")
+    missing = sorted(found - set(MODULES))
+    assert not missing, f"modules with docstring examples not in MODULES: {missing}"
