@@ -41,10 +41,9 @@ import torch
 
 from ..config import OracleConfig
 from ..errors import ConfigError, DataError
-from ..hooks import capture_residuals, inject_residuals
 from ..models import Model, as_model
 from . import checkpoint as ckpt
-from .batching import BatchStream, Prepared, answer_loss_terms, prepare
+from .batching import BatchStream, Prepared, prepare
 from .config import TrainConfig, total_steps
 from .source_registry import make_example_stream
 from .steps import MicroBatch, StepInput, StepSource, make_step_input
@@ -52,6 +51,7 @@ from .distributed import DistInfo, _all_reduce_sum, barrier, init_distributed, w
 from .evaluate import Evaluation
 from .example import TrainingExample
 from .lora import LoraModels, load_base
+from .passes import OracleLoss, TargetReader
 from .outputs import OUR_FILES, RUN_MARKERS, RunOutputs, StepStats, TrainResult, _progress, check_output_dir
 from .resume import Checkpointing
 
@@ -128,6 +128,13 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
                                           coeff=self.cfg.model.injection_coeff,
                                           system_prompt=(None if self.cfg.model.template_system_prompt
                                                          else self.cfg.model.oracle_system_prompt))
+        # The step's two passes, as parts (training/passes.py).
+        shared = self.target is self.oracle
+        self.reader = TargetReader(self.target, device=self.device, autocast=self._autocast, transform=self._centre,
+                                   adapters_off=self._adapters_off if shared else None,
+                                   dropout_module=self.peft if shared and self._base_dropout else None)
+        self.loss = OracleLoss(self.oracle, self.peft, injection_layer=self.cfg.model.injection_layer,
+                               config=lambda: self.oracle_config, device=self.device, autocast=self._autocast)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         warmup = int(o.warmup_fraction * self.total_steps)
@@ -232,25 +239,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         return t.to(self.device, non_blocking=True)
 
     def target_vectors(self, mb: MicroBatch) -> list[torch.Tensor]:
-        """Residual vectors ``[K_i, d_model]`` of each item at its source layer and positions."""
-        tb = mb.target
-        shared = self.target is self.oracle
-        toggle = shared and self.peft.training and self._base_dropout
-        with ExitStack() as stack:
-            stack.enter_context(torch.no_grad())
-            if toggle:
-                self.peft.eval()  # no dropout while reading the target's activations
-            if shared:
-                stack.enter_context(self._adapters_off())
-            stack.enter_context(self._autocast())
-            cache = stack.enter_context(capture_residuals(self.target, sorted(mb.gather), stop_early=True))
-            self.target.hf(input_ids=self._to_device(tb.input_ids), attention_mask=self._to_device(tb.attention_mask),
-                           position_ids=self._to_device(tb.position_ids), use_cache=False)
-        if toggle:
-            self.peft.train()
-        gathered = {layer: cache[layer][self._to_device(rows), self._to_device(cols)]
-                    for layer, (rows, cols) in mb.gather.items()}
-        return [self._centre(gathered[layer][start:stop], layer) for layer, start, stop in mb.slices]
+        """Residual vectors ``[K_i, d_model]`` of each item at its source layer and positions (:class:`TargetReader`)."""
+        return self.reader(mb)
 
     def _centre(self, vectors: torch.Tensor, layer: int) -> torch.Tensor:
         """The oracle config's transform (``OracleConfig.centre``), the one ``ask``/``choose`` apply."""
@@ -266,15 +256,8 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
 
     def oracle_loss_terms(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(token_sum, example_sum)`` of :func:`~.batching.answer_loss_terms` (graph kept)."""
-        ob = mb.oracle
-        with self._autocast(), inject_residuals(self.oracle, self.cfg.model.injection_layer, ob.placeholder_positions,
-                                                vectors, mode=self.oracle_config.mode, coeff=self.oracle_config.coeff):
-            out = (model or self.peft)(input_ids=self._to_device(ob.input_ids),
-                                       attention_mask=self._to_device(ob.attention_mask),
-                                       position_ids=self._to_device(ob.position_ids), logits_to_keep=ob.keep,
-                                       use_cache=False)
-        return answer_loss_terms(out.logits, self._to_device(ob.labels))
+        """``(token_sum, example_sum)`` of :func:`~.batching.answer_loss_terms` (:class:`OracleLoss`; graph kept)."""
+        return self.loss(mb, vectors, model)
 
     def compute_step(self, batch: list[TrainingExample] | StepInput) -> StepStats:
         """Forward and backward of one global batch (this process's share); gradients accumulate in ``.grad``.
