@@ -31,7 +31,7 @@ from activation_oracles.models import Model
 from activation_oracles.padding import left_pad
 from activation_oracles.prompt import _end_of_turn_id
 from activation_oracles.training.sources import encode_chat
-from activation_oracles.training.trainer import _linear_schedule
+from activation_oracles.training.schedule import linear_schedule
 
 from .chat import Chat, pad_id
 
@@ -121,7 +121,7 @@ def finetune_lora(model: Model, chats: Sequence[Chat], config: SFTConfig = SFTCo
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     warmup = int(steps * config.warmup_fraction)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(warmup, steps))  # the trainer's schedule
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(warmup, steps))  # the trainer's schedule
     pad = pad_id(tok)
     losses: list[float] = []
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ MODULES = [
     "activation_oracles.training.source_registry", "activation_oracles.training.toml_writer",
     "activation_oracles.forward", "activation_oracles.oracle_args", "activation_oracles.evals.card_sets",
     "activation_oracles.evals.text_ceiling", "activation_oracles.training.text_in_prompt",
-    "activation_oracles.training.config_io", "activation_oracles.evals.organism", "activation_oracles.evals.personaqa",
+    "activation_oracles.training.config_io", "activation_oracles.training.schedule", "activation_oracles.evals.organism", "activation_oracles.evals.personaqa",
     "activation_oracles.evals.ssc", "activation_oracles.evals.truthfulqa_mc", "activation_oracles.training.checkpoint",
     "activation_oracles.training.cli", "activation_oracles.training.trainer", "activation_oracles.training.warm_start",
 ]

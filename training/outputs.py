@@ -7,13 +7,14 @@ metrics log (JSONL, optionally TensorBoard), the progress bar and the final orac
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import OutputDirError
+from ..errors import DataError, OutputDirError
 from . import checkpoint as ckpt
 
 RUN_MARKERS = ("config.toml", "checkpoints", "metrics.jsonl", "oracle_config.json", "adapter_model.safetensors")
@@ -172,6 +173,49 @@ class RunOutputs:
                                 (json.dumps(final.to_dict(), indent=2, sort_keys=True) + "\n").encode())
         self._info(f"oracle written to {self.out} ({self.step} steps, {self.examples_seen} examples, "
                    f"final loss {training['final_loss']:.4f}).")
+
+    def _nonfinite(self, step: int, loss: float, norm: float) -> None:
+        """A step with a NaN/inf loss or gradient: stop (``optim.skip_nonfinite = false``, or 10 in a
+        row), else log it; :meth:`optimizer_step` has already kept it from changing the weights."""
+        self.nonfinite_steps += 1
+        self._nonfinite_run += 1
+        if not self.cfg.optim.skip_nonfinite or self._nonfinite_run >= 10:
+            many = f" ({self._nonfinite_run} steps in a row)" if self._nonfinite_run > 1 else ""
+            raise DataError(f"the loss became {loss} (gradient norm {norm}) at step {step}{many}; lower optim.lr "
+                            "or check the data.")
+        self._log(f"step {step}: loss {loss}, gradient norm {norm}: not applied (optim.skip_nonfinite; "
+                  f"{self.nonfinite_steps} so far).")
+
+    def _flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, write: bool) -> None:
+        """Read the pending steps' numbers (this waits for the GPU), update counters, log."""
+        first = self.step - len(pending) + 1
+        norms = [float(n) for _, n in pending]
+        for k, (stats, _) in enumerate(pending):
+            loss = stats.loss
+            if not (math.isfinite(loss) and math.isfinite(norms[k])):
+                self._nonfinite(first + k, loss, norms[k])
+                continue
+            self._nonfinite_run = 0
+            self.losses.append(loss)
+            self.oracle_tokens += stats.oracle_tokens
+            self.target_tokens += stats.target_tokens
+            self._window["loss"] += loss
+            self._window["n"] += 1
+            self._window["tokens"] += stats.oracle_tokens
+        elapsed = max(elapsed, 1e-9)
+        self.train_time += elapsed
+        self._window["time"] += elapsed
+        w = self._window
+        tok_s = w["tokens"] / max(w["time"], 1e-9)
+        lr = self.scheduler.get_last_lr()[0]
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{self.losses[-1] if self.losses else float('nan'):.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", refresh=False)
+        if write:
+            self._metric({"step": self.step, "loss": w["loss"] / max(1, w["n"]), "lr": lr, "grad_norm": norms[-1],
+                          "tokens_per_s": tok_s, "oracle_tokens": self.oracle_tokens,
+                          "target_tokens": self.target_tokens, "examples": self.examples_seen,
+                          "train_time_s": self.train_time, "nonfinite_steps": self.nonfinite_steps})
+            self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
 
 
 def _jsonable(obj: Any) -> Any:

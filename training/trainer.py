@@ -19,15 +19,25 @@ Under ``torchrun`` the oracle is wrapped in ``DistributedDataParallel`` (nccl on
 gloo on CPU); every process rebuilds the same example stream from the seed and
 trains on its own share of each batch.
 
->>> from activation_oracles.training.presets import preset            # doctest: +SKIP
->>> result = Trainer(preset("tiny"), out_dir="runs/tiny").train()      # doctest: +SKIP
+The trainer is the loop; its parts live beside it: the two passes (:mod:`.passes`), the data
+(:mod:`.source_registry`, :mod:`.batching`, :mod:`.steps`), the adapter (:mod:`.lora`), the
+evaluation (:mod:`.evaluate`), checkpoints and resume (:mod:`.checkpoint`, :mod:`.resume`), the run's
+outputs and log (:mod:`.outputs`), the schedule (:mod:`.schedule`). Why ~470 lines: the constructor
+and the loop hold the run's state in one place (the resumable counters, the DDP and precision
+set-up), which splitting further would only scatter.
+
+>>> import tempfile
+>>> from activation_oracles.training.config import apply_overrides
+>>> from activation_oracles.training.presets import preset
+>>> cfg = apply_overrides(preset("tiny"), ["data.n_examples=16", "eval.n_examples=0", "checkpoint.every=0"])
+>>> result = Trainer(cfg, out_dir=tempfile.mkdtemp(), log=lambda msg: None).train()   # 2 steps of 8
+>>> result.steps, result.examples, len(result.losses)
+(2, 16, 2)
 """
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import sys
 import threading
 import time
@@ -52,6 +62,7 @@ from .evaluate import Evaluation
 from .example import TrainingExample
 from .lora import LoraModels, load_base
 from .passes import OracleLoss, TargetReader
+from .schedule import linear_schedule, seed_all
 from .outputs import OUR_FILES, RUN_MARKERS, RunOutputs, StepStats, TrainResult, _progress, check_output_dir
 from .resume import Checkpointing
 
@@ -103,7 +114,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self.device = self.dist.device
         self.autocast = o.bf16
 
-        _seed_all(o.seed)
+        seed_all(o.seed)
         self.base = base if base is not None else load_base(self.cfg, self.cfg.model.name, self.device)
         if self.base.tokenizer is None:
             raise ConfigError(f"model {self.base.name!r} has no tokenizer; the trainer needs one for prompts.")
@@ -138,7 +149,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         warmup = int(o.warmup_fraction * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_schedule(warmup, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
 
         factory = examples if examples is not None else make_example_stream(
             self.cfg.data.sources, self.tokenizer, self.cfg.data.layer_percents, self.cfg.optim.seed,
@@ -444,49 +455,6 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
             over = bool(_all_reduce_sum(self._to_device(torch.tensor([float(over)])), self.dist)[0] > 0)
         return over
 
-    def _nonfinite(self, step: int, loss: float, norm: float) -> None:
-        """A step with a NaN/inf loss or gradient: stop (``optim.skip_nonfinite = false``, or 10 in a
-        row), else log it; :meth:`optimizer_step` has already kept it from changing the weights."""
-        self.nonfinite_steps += 1
-        self._nonfinite_run += 1
-        if not self.cfg.optim.skip_nonfinite or self._nonfinite_run >= 10:
-            many = f" ({self._nonfinite_run} steps in a row)" if self._nonfinite_run > 1 else ""
-            raise DataError(f"the loss became {loss} (gradient norm {norm}) at step {step}{many}; lower optim.lr "
-                            "or check the data.")
-        self._log(f"step {step}: loss {loss}, gradient norm {norm}: not applied (optim.skip_nonfinite; "
-                  f"{self.nonfinite_steps} so far).")
-
-    def _flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, write: bool) -> None:
-        """Read the pending steps' numbers (this waits for the GPU), update counters, log."""
-        first = self.step - len(pending) + 1
-        norms = [float(n) for _, n in pending]
-        for k, (stats, _) in enumerate(pending):
-            loss = stats.loss
-            if not (math.isfinite(loss) and math.isfinite(norms[k])):
-                self._nonfinite(first + k, loss, norms[k])
-                continue
-            self._nonfinite_run = 0
-            self.losses.append(loss)
-            self.oracle_tokens += stats.oracle_tokens
-            self.target_tokens += stats.target_tokens
-            self._window["loss"] += loss
-            self._window["n"] += 1
-            self._window["tokens"] += stats.oracle_tokens
-        elapsed = max(elapsed, 1e-9)
-        self.train_time += elapsed
-        self._window["time"] += elapsed
-        w = self._window
-        tok_s = w["tokens"] / max(w["time"], 1e-9)
-        lr = self.scheduler.get_last_lr()[0]
-        if self._bar is not None:
-            self._bar.set_postfix(loss=f"{self.losses[-1] if self.losses else float('nan'):.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", refresh=False)
-        if write:
-            self._metric({"step": self.step, "loss": w["loss"] / max(1, w["n"]), "lr": lr, "grad_norm": norms[-1],
-                          "tokens_per_s": tok_s, "oracle_tokens": self.oracle_tokens,
-                          "target_tokens": self.target_tokens, "examples": self.examples_seen,
-                          "train_time_s": self.train_time, "nonfinite_steps": self.nonfinite_steps})
-            self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
-
     def finish(self, wall_time: float) -> None:
         """Final evaluation, final checkpoint, and the oracle directory."""
         if self._bar is not None:
@@ -515,23 +483,3 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-# ------------------------------------------------------------------------------------------------------
-# small helpers
-# ------------------------------------------------------------------------------------------------------
-
-def _seed_all(seed: int) -> None:
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
-
-
-def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-    return factor
