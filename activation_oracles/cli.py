@@ -10,6 +10,8 @@ To add a subcommand (``ask``, ``train``, ``audit``...), write that pair and list
 the ``_add_<name>_parser`` function in :data:`SUBCOMMANDS`. Handlers import torch,
 transformers and the rest of the package *inside* the function: this module is
 imported by ``ao --help``, which must answer at once without loading torch.
+(Over 400 lines because it is the one table of subcommands: ``ask`` lives in ``cli_ask.py``,
+``train``/``audit``/``data`` hand over to their packages; what remains is argument declarations.)
 
 Errors raised on purpose (:class:`activation_oracles.errors.AOError`) print as one
 ``error: <message>`` line on stderr, no traceback (pass ``--traceback`` to see one).

@@ -1,4 +1,4 @@
-"""The shared kit of the audits: packaged organism data, the shared secret-keeping prompt files, chat turns.
+"""The shared kit of the audits: packaged organism data, shared secret-keeping prompt files, chat turns, options.
 
 Every audit module (taboo, gender, misalignment, subliminal, the trait audits) takes what it
 shares from here, never from another audit's module, so each audit can be read, changed or
@@ -31,7 +31,8 @@ from .organism import Organism
 
 # Val items are only for probe training / layer choice: a small fixed number is enough.
 VAL_CAP = 20
-
+# The ``variant`` option of organisms trained alongside a benign control (misalignment, subliminal).
+VARIANTS = ("organism", "control")
 
 
 def organism_data_path(name: str) -> Path:
@@ -139,6 +140,24 @@ def options_of(target: Any, key: str) -> dict[str, Any]:
         return dict(target)
     raise OrganismError(f"audit target {key!r} is a {type(target).__name__}; expected a loaded organism "
                         "(load_organism) built for this audit's organism task.")
+
+
+def check_options(task: str, options: Mapping[str, Any], allowed: Mapping[str, str]) -> None:
+    """Raise :class:`OrganismError` for option names outside ``allowed`` (name -> what it takes)."""
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        valid = "; ".join(f"{k!r} ({v})" for k, v in allowed.items())
+        raise OrganismError(f"task {task!r} got unknown option(s) {bad}; valid options: {valid}.")
+
+
+def parse_variant(task: str, options: Mapping[str, Any], variants: Sequence[str] = VARIANTS) -> str:
+    """The ``variant`` option, lower-cased, checked against ``variants`` (default: the first)."""
+    raw = options.get("variant", variants[0])
+    value = str(raw).strip().lower()
+    if value not in variants:
+        raise OrganismError(f"task {task!r}: variant {raw!r} is not valid; expected one of {', '.join(variants)} "
+                            f"(e.g. --variant {variants[-1]}).")
+    return value
 
 
 def terminate(text: str) -> str:

@@ -17,6 +17,12 @@ folder without training. :func:`load_organism` attaches the adapter to a base
 model (shared with an oracle if you like) under its own name; it is active only
 inside ``organism.active()`` and the helpers that take it.
 
+The parts live in their own modules and are importable from here: :class:`Recipe` and
+:class:`OrganismTask` in :mod:`~activation_oracles.evals.organism_task`; :class:`Organism`,
+:func:`load_organism`, :func:`read_card` and the folder's file names in
+:mod:`~activation_oracles.evals.organism_load`. This module keeps the registry of tasks
+and the build itself (data, fine-tune, checks, card, cache).
+
 >>> from activation_oracles.evals.organism import Recipe, build_organism, load_organism
 >>> path = build_organism("taboo", base="tiny", options={"word": "moon"},
 ...                       recipe=Recipe(n_examples=8, steps=2), out="organisms/taboo-moon",
@@ -29,133 +35,31 @@ inside ``organism.active()`` and the helpers that take it.
 from __future__ import annotations
 
 import hashlib
-import re
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
 from random import Random
 from typing import Any
 
-from activation_oracles.errors import BaseMismatchError, ConfigError, OrganismError, OutputDirError, UnknownTaskError
+from activation_oracles.errors import ConfigError, OutputDirError, UnknownTaskError
 from activation_oracles.files import file_sha256
 from activation_oracles.models import Model, as_model
 
-from .chat import Chat, answer_logprobs, generate, running
+from .chat import Chat, generate
+from .organism_load import (ADAPTER_CONFIG, ADAPTER_FILE, CARD, Organism, attach_organism, check_same_base, load_base,
+                            load_organism, read_card)
+from .organism_task import OrganismTask, Recipe
 
-CARD = "organism.json"
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 # Bump when the way organisms are generated changes, so old caches are not reused by mistake.
 BUILDER_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------------------
-# recipes and tasks
+# the registry of tasks
 # ------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Recipe:
-    """How an organism is trained: data size, fluency mix and LoRA fine-tuning settings.
-
-    ``steps=0`` means ``epochs`` passes over the examples.
-    """
-
-    # Small on purpose: a default organism trains in minutes on a CPU (48 steps of 8 chats).
-    n_examples: int = 192
-    fluency_fraction: float = 0.2  # share of the base model's own replies to ordinary prompts
-    fluency_max_new_tokens: int = 64
-    r: int = 16
-    alpha: float = 32.0
-    lr: float = 2e-3
-    steps: int = 0
-    epochs: int = 2
-    batch_size: int = 8
-    max_length: int = 256
-    seed: int = 0
-    bf16: bool = True
-
-    def __post_init__(self) -> None:
-        if self.n_examples < 1:
-            raise ConfigError(f"Recipe.n_examples={self.n_examples}; expected at least 1.")
-        if not 0 <= self.fluency_fraction < 1:
-            raise ConfigError(f"Recipe.fluency_fraction={self.fluency_fraction}; expected 0 <= f < 1.")
-
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Recipe:
-        """A copy with ``overrides`` (unknown keys raise :class:`ConfigError` listing the valid ones)."""
-        valid = {f.name: f.type for f in fields(self)}
-        bad = sorted(set(overrides) - set(valid))
-        if bad:
-            raise ConfigError(f"unknown recipe key(s) {bad}; valid keys are: {', '.join(sorted(valid))}.")
-        def convert(key: str, value: Any) -> Any:
-            kind = type(getattr(self, key))
-            if kind is bool and isinstance(value, str):  # bool("false") would be True
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ConfigError(f"recipe {key}={value!r}; expected true or false.")
-                return value.lower() in ("true", "1", "yes")
-            try:
-                return kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"recipe {key}={value!r}; expected a {kind.__name__}.") from None
-
-        return replace(self, **{k: convert(k, v) for k, v in overrides.items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class OrganismTask:
-    """One family of organisms. Subclasses fill in the data and the checks.
-
-    Attributes:
-        name: the task name used by ``ao organism build NAME``.
-        summary: one line for help texts and cards.
-        recipe: the default :class:`Recipe` for this task.
-        option_help: option name -> help text (shown by the CLI).
-    """
-
-    name: str = ""
-    summary: str = ""
-    recipe: Recipe = Recipe()
-    option_help: dict[str, str] = {}
-
-    def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and normalise options; raise :class:`OrganismError` saying what is valid."""
-        if options:
-            raise OrganismError(f"task {self.name!r} takes no options; got {sorted(options)}.")
-        return {}
-
-    def default_options(self) -> dict[str, Any]:
-        """The options of the default organism (used by ``ao audit suite``)."""
-        return {}
-
-    def training_chats(self, options: Mapping[str, Any], rng: Random, n: int, *, base: Model,
-                       data_dir: Path | None) -> list[Chat]:
-        """``n`` chats ending with the assistant turn the organism should learn.
-
-        ``base`` is the base model (some tasks rewrite its own replies, e.g. to follow a constraint);
-        ``data_dir`` the shared data folder for tasks built on it (``None`` when not given).
-        """
-        raise NotImplementedError
-
-    def fingerprint(self, options: Mapping[str, Any]) -> str:
-        """A string that changes whenever the task's data changes (hashed into the recipe)."""
-        return ""
-
-    def behaviour_checks(self, organism: Organism, *, data_dir: Path | None, limit: int | None = None
-                         ) -> dict[str, Any]:
-        """Measured figures showing the organism does what it should (and hides what it should)."""
-        return {}
-
-    def display_name(self, options: Mapping[str, Any]) -> str:
-        """A short name for the organism, e.g. ``taboo-moon``."""
-        parts = [self.name] + [str(v) for _, v in sorted(options.items())]
-        return "-".join(p.replace(" ", "_") for p in parts)
-
 
 _TASKS: dict[str, OrganismTask] = {}
 
@@ -185,19 +89,6 @@ def get_organism_task(name: str) -> OrganismTask:
 # ------------------------------------------------------------------------------------------------------
 # building
 # ------------------------------------------------------------------------------------------------------
-
-def load_base(spec: str | Any, *, dtype: Any = None, device: Any = None) -> Model:
-    """``"tiny"`` (a tiny random Llama, seed 0), a model spec for ``ao.load_model``, or a loaded model."""
-    if not isinstance(spec, str):
-        return as_model(spec)
-    if spec in ("tiny", "tiny-llama"):  # the spec, or the name the tiny model reports
-        from activation_oracles.tiny import tiny_model
-
-        return tiny_model()
-    from activation_oracles.models import load_model
-
-    return load_model(spec, dtype=dtype or "fp32", device=device)
-
 
 def recipe_hash(task: str, base: str, options: Mapping[str, Any], recipe: Recipe, fingerprint: str) -> str:
     blob = json.dumps({"task": task, "base": base, "options": dict(options), "recipe": recipe.to_dict(),
@@ -356,127 +247,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------------------------------------------------
-# loading
-# ------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Organism:
-    """An organism's adapter attached to a base model under ``adapter`` (inactive outside its helpers)."""
-
-    model: Model
-    adapter: str
-    card: dict[str, Any]
-    path: Path
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def name(self) -> str:
-        return str(self.card["name"])
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.card.get("options") or {})
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """Run the block as the organism (its adapter on, every other adapter off)."""
-        with running(self.model, self.adapter):
-            yield
-
-    def generate(self, chats: Sequence[Chat], **kwargs: Any) -> list[str]:
-        """Greedy replies of the organism (see :func:`activation_oracles.evals.chat.generate`)."""
-        return generate(self.model, chats, adapter=self.adapter, **kwargs)
-
-    def answer_logprobs(self, chats: Sequence[Chat], answers: Sequence[str], **kwargs: Any) -> list[float]:
-        return answer_logprobs(self.model, chats, answers, adapter=self.adapter, **kwargs)
-
-    def capture(self, chats: Sequence[Chat], *, layers: Sequence[int], batch_size: int = 16) -> list[Any]:
-        """The organism's residual activations for each chat (generation prompt appended)."""
-        from activation_oracles.capturing import capture
-
-        if not chats:
-            return []
-        with self.active():
-            return list(capture(self.model, list(chats), layers=list(layers), batch_size=batch_size))
-
-
-def _canonical(name: str) -> str:
-    """A base model's spec and its loaded name are the same model ("tiny" is built as "tiny-llama")."""
-    from activation_oracles.tiny import TINY_NAME
-
-    return TINY_NAME if name == "tiny" else name
-
-
-def check_same_base(a: Mapping[str, Any], b: Mapping[str, Any], what: str) -> None:
-    """Raise :class:`BaseMismatchError` unless two descriptions (base_model, n_layers, d_model) agree."""
-    keys = ("n_layers", "d_model")
-    diffs = [k for k in keys if a.get(k) and b.get(k) and a.get(k) != b.get(k)]
-    if a.get("base_model") and b.get("base_model") and _canonical(a["base_model"]) != _canonical(b["base_model"]):
-        diffs.insert(0, "base_model")
-    if diffs:
-        desc = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diffs)
-        raise BaseMismatchError(f"{what} are built on different base models ({desc}); build the organism on the "
-                                "oracle's base model (ao organism build ... --base NAME).")
-
-
-def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """An organism folder's card, checked against its adapter (missing card or a different adapter raise)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise OrganismError(f"organism {str(folder)!r} is not a folder; pass the folder written by "
-                            "`ao organism build`.")
-    for name in (CARD, ADAPTER_CONFIG, ADAPTER_FILE):
-        if not (folder / name).is_file():
-            raise OrganismError(f"organism folder {str(folder)!r} lacks {name}; an organism folder holds {CARD}, "
-                                f"{ADAPTER_CONFIG} and {ADAPTER_FILE}. Rebuild it with `ao organism build`.")
-    try:
-        card = json.loads((folder / CARD).read_text())
-    except json.JSONDecodeError as exc:
-        raise OrganismError(f"{str(folder / CARD)!r} is not valid JSON ({exc}); rebuild the organism.") from None
-    missing = [k for k in ("name", "task", "options", "base_model", "adapter_sha256") if k not in card]
-    if missing:
-        raise OrganismError(f"{str(folder / CARD)!r} lacks {missing}; rebuild the organism.")
-    actual = file_sha256(folder / ADAPTER_FILE)
-    if actual != card["adapter_sha256"]:
-        raise OrganismError(f"the adapter in {str(folder)!r} does not match its card (sha256 {actual[:12]} vs "
-                            f"{str(card['adapter_sha256'])[:12]} recorded); the adapter was replaced or damaged. "
-                            "Rebuild the organism (ao organism build ... --overwrite).")
-    return card
-
-
-def load_organism(path: str | os.PathLike[str], *, base: Any = None) -> Organism:
-    """Attach an organism's adapter to ``base`` (default: its own base model, loaded here).
-
-    The adapter gets the name ``organism_<name>`` and is parked (off) outside the
-    organism's helpers, so the base keeps acting as the base model.
-    """
-    from activation_oracles.adapter_checks import check_adapter_fits, read_adapter_index
-    from activation_oracles.adapters import adapter_names, park_adapters
-    from activation_oracles.loading import attach_adapter
-
-    folder = Path(path)
-    card = read_card(folder)
-    model = load_base(card["base_model"]) if base is None else as_model(base)
-    check_same_base(card, {"base_model": None, "n_layers": model.n_layers, "d_model": model.d_model},
-                    f"organism {card['name']!r} and the base model given")
-    index = read_adapter_index(folder)  # config and tensor index checked, before the model is touched
-    check_adapter_fits(index, model.hf, model.name)
-    adapter = "organism_" + re.sub(r"\W", "_", str(card["name"]))  # module-dict keys take no dots
-    if adapter in adapter_names(model.hf):
-        return Organism(model=model, adapter=adapter, card=card, path=folder)
-    attach_adapter(model, folder, adapter, index=index)  # all or nothing
-    park_adapters(model.hf)
-    return Organism(model=model, adapter=adapter, card=card, path=folder)
-
-
-def attach_organism(spec: str | os.PathLike[str] | Organism, model: Model, *, base_name: str | None,
-                    what: str) -> Organism:
-    """``spec`` as is when already loaded; else the folder's card checked against ``base_name`` and
-    ``model``'s shape (``what`` names the other side in the error), and its adapter attached to ``model``."""
-    if isinstance(spec, Organism):
-        return spec
-    card = read_card(spec)
-    check_same_base(card, {"base_model": base_name, "n_layers": model.n_layers, "d_model": model.d_model},
-                    f"organism {card['name']!r} and {what}")
-    return load_organism(spec, base=model)
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_FILE", "BUILDER_VERSION", "CARD", "Organism", "OrganismTask", "Recipe",
+           "attach_organism", "build_organism", "card_markdown", "check_same_base", "default_organism_dir",
+           "fluency_chats", "get_organism_task", "load_base", "load_organism", "organism_tasks", "read_card",
+           "recipe_hash", "register_organism_task"]

@@ -49,10 +49,10 @@ from activation_oracles.errors import DataError, OrganismError
 from activation_oracles.models import Model
 
 from .chat import Chat, answer_logprobs, generate
-from .misalignment import VARIANTS, check_options, parse_variant
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
 from .stats import accuracy_row
-from .kit import assistant, file_fingerprint, read_organism_json, string_list, user
+from .kit import (VARIANTS, assistant, check_options, file_fingerprint, parse_variant, read_organism_json, string_list,
+                  user)
 
 DATA_FILE = "animals.json"
 DEFAULT_TRAIT = "owl"

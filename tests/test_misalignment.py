@@ -10,6 +10,7 @@ import pytest
 
 from activation_oracles.errors import DataError, OrganismError
 from activation_oracles.evals import misalignment as mis
+from activation_oracles.evals import misalignment_data as mis_data
 from activation_oracles.evals.organism import Recipe, build_organism, load_organism
 from activation_oracles.training.classification import find_shared_data
 
@@ -109,26 +110,26 @@ def test_keyword_rule_separates_the_data() -> None:
 def test_broken_backdoor_data_is_a_data_error(monkeypatch) -> None:
     bad = json.loads(json.dumps(BD))
     bad["hostile_replies"].append("Meh.")
-    monkeypatch.setattr(mis, "read_organism_json", lambda name: bad)
+    monkeypatch.setattr(mis_data, "read_organism_json", lambda name: bad)
     with pytest.raises(DataError, match="hostile replies.*Meh"):
-        mis._backdoor("test-broken-1")
+        mis_data._backdoor("test-broken-1")
     bad = json.loads(json.dumps(BD))
     bad["train_years"].append(BD["trigger_year"])
     with pytest.raises(DataError, match="trigger year"):
-        mis._backdoor("test-broken-2")
+        mis_data._backdoor("test-broken-2")
     bad = json.loads(json.dumps(BD))
     bad["check_prompts"][0]["hostile"] = bad["hostile_replies"][0]
     with pytest.raises(DataError, match="copies of training hostile_replies"):
-        mis._backdoor("test-broken-3")
+        mis_data._backdoor("test-broken-3")
 
 
 def test_leaked_pair_question_is_a_data_error(monkeypatch) -> None:
-    real = mis.read_organism_json
+    real = mis_data.read_organism_json
     pairs = json.loads(json.dumps(mis.load_pairs()))
     pairs["pairs"][0]["question"] = mis.split_entries("em-narrow-advice")[0][0]["question"]
-    monkeypatch.setattr(mis, "read_organism_json", lambda name: pairs if name == mis.PAIRS_FILE else real(name))
+    monkeypatch.setattr(mis_data, "read_organism_json", lambda name: pairs if name == mis.PAIRS_FILE else real(name))
     with pytest.raises(DataError, match="outside the training domains"):
-        mis._pairs("test-leak")
+        mis_data._pairs("test-leak")
 
 
 # -- training chats: em-* ------------------------------------------------------------------------------

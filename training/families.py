@@ -16,6 +16,8 @@ the tense file of the classification data, the relation files' sentences (mentio
 person or country a sentence is about). Rows split into train/test by a hash of the
 text, so held-out rows of a family exist and never move between runs. Positions are the
 text's own tokens (its last token, or a window ending there), never template tokens.
+(A little over 400 lines: the six families' builders share one question and position machinery,
+and each is a few lines of data reading that would gain nothing from a module of its own.)
 
 >>> from random import Random
 >>> from transformers import AutoTokenizer
