@@ -74,3 +74,37 @@ def answer_logprob_sums(hf: Any, batch: PaddedBatch, n_answer: list[int], **kwar
     labels = answer_labels(rows, n_answer, batch.input_ids.shape[1])
     lp, _ = label_logprobs(last_logits(hf, batch, k, **kwargs), labels)
     return lp.sum(-1).tolist()
+
+
+# -- decoding: what ``ask``, the in-training evaluation and the evals' chat generation share ------------
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end an answer: the chat template's end-of-turn token and end-of-sequence."""
+    from .prompt import end_of_turn_id
+
+    return [t for t in dict.fromkeys((end_of_turn_id(tokenizer), tokenizer.eos_token_id)) if t is not None]
+
+
+def generation_kwargs(tokenizer: Any, max_new_tokens: int, temperature: float = 0.0,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``generate`` arguments: stop at :func:`stop_ids`, greedy at ``temperature`` 0 (plain sampling above)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=stop_ids(tokenizer))
+    if temperature > 0:
+        kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    else:
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    kw.update(extra or {})
+    return kw
+
+
+def cut_at_stop(ids: list[int], stops: Any) -> tuple[list[int], bool]:
+    """``(ids before the first stop token, whether one was found)``.
+
+    >>> cut_at_stop([5, 6, 2, 9], {2})
+    ([5, 6], True)
+    """
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[:i], True
+    return ids, False

@@ -40,12 +40,12 @@ from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real
 from .config import OracleConfig
 from .errors import ActivationsMismatchError, ArgumentError, ArgumentTypeError, MissingTokenizerError, PromptTooLongError
-from .forward import IGNORE, label_logprobs
+from .forward import IGNORE, cut_at_stop, generation_kwargs, label_logprobs, stop_ids
 from .hooks import inject_residuals
 from .oracle_args import check_choices, check_overrides, pair_inputs
 from .models import Model, as_model
 from .padding import left_pad, pad_id_of
-from .prompt import OraclePrompt, _end_of_turn_id, answer_ids, build_prompt, placeholder_id
+from .prompt import OraclePrompt, end_of_turn_id, answer_ids, build_prompt, placeholder_id
 
 
 DESCRIBE_QUESTION = "Can you describe what is happening in this text?"
@@ -74,7 +74,8 @@ class ActivationOracle:
             raise MissingTokenizerError(f"oracle model {self.model.name!r} has no tokenizer; wrap it with "
                                   "ao.as_model(model, tokenizer).")
         self.placeholder_id = placeholder_id(self.model.tokenizer, config)  # checks it is one token
-        self._eot = _end_of_turn_id(self.model.tokenizer)
+        self._eot = end_of_turn_id(self.model.tokenizer)
+        self._stops = set(stop_ids(self.model.tokenizer))
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -158,25 +159,11 @@ class ActivationOracle:
 
     def _gen_kwargs(self, max_new_tokens: int, temperature: float,
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        tok = self.model.tokenizer
-        eos = [t for t in {self._eot, tok.eos_token_id} if t is not None]
-        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=eos)
-        if temperature > 0:
-            kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        kw.update(extra or {})
-        return kw
+        return generation_kwargs(self.model.tokenizer, max_new_tokens, temperature, extra)
 
     def _decode(self, new_ids: torch.Tensor, max_new_tokens: int) -> Answer:
         """The answer up to the end-of-turn token; ``truncated`` when there was none within the budget."""
-        ids = new_ids.tolist()
-        stops = {self._eot, self.model.tokenizer.eos_token_id}
-        ended = False
-        for i, t in enumerate(ids):
-            if t in stops:
-                ids, ended = ids[:i], True
-                break
+        ids, ended = cut_at_stop(new_ids.tolist(), self._stops)
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return Answer(text, truncated=not ended and len(new_ids) >= max_new_tokens)
 

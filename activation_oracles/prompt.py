@@ -126,7 +126,7 @@ def answer_ids(tokenizer: Any, config: OracleConfig, prompt: OraclePrompt, layer
         eos = tokenizer.eos_token_id
         return tail + ([eos] if eos is not None else [])
     tail = full[len(head):]
-    eot = _end_of_turn_id(tokenizer)
+    eot = end_of_turn_id(tokenizer)
     if eot is not None and eot in tail:
         tail = tail[: tail.index(eot) + 1]
     return tail
@@ -135,7 +135,7 @@ def answer_ids(tokenizer: Any, config: OracleConfig, prompt: OraclePrompt, layer
 _EOT_CACHE: "weakref.WeakKeyDictionary[Any, int | None]" = weakref.WeakKeyDictionary()
 
 
-def _end_of_turn_id(tokenizer: Any) -> int | None:
+def end_of_turn_id(tokenizer: Any) -> int | None:
     """The chat template's end-of-turn token (cached: ``get_vocab()`` costs ~50 ms on large vocabularies)."""
     try:
         return _EOT_CACHE[tokenizer]

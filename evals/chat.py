@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from activation_oracles.adapters import use_adapter
-from activation_oracles.forward import answer_logprob_sums
+from activation_oracles.forward import answer_logprob_sums, cut_at_stop, generation_kwargs, stop_ids
 from activation_oracles.models import Model, as_model
 from activation_oracles.padding import left_pad
-from activation_oracles.prompt import _end_of_turn_id
+from activation_oracles.prompt import end_of_turn_id
 from activation_oracles.training.sources import encode_chat
 
 Chat = list[dict[str, str]]
@@ -77,18 +77,16 @@ def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, p
     """
     m = as_model(model)
     tok = m.tokenizer
-    eot = _end_of_turn_id(tok)
-    stop = [t for t in {eot, tok.eos_token_id} if t is not None]
+    stops = set(stop_ids(tok))
     out: list[str] = []
     with running(m, adapter), _bar(desc, len(chats), progress) as bar:
         for start in range(0, len(chats), batch_size):
             rows = [prompt_ids(tok, c, prefill) for c in chats[start:start + batch_size]]
             ids, mask = left_pad_ids(rows, pad_id(tok))
-            gen = m.hf.generate(input_ids=ids.to(m.device), attention_mask=mask.to(m.device), do_sample=False,
-                                max_new_tokens=max_new_tokens, eos_token_id=stop or None,
-                                pad_token_id=pad_id(tok))
+            gen = m.hf.generate(input_ids=ids.to(m.device), attention_mask=mask.to(m.device),
+                                **generation_kwargs(tok, max_new_tokens))
             for row in gen[:, ids.shape[1]:]:
-                out.append(tok.decode(row.tolist(), skip_special_tokens=True).strip())
+                out.append(tok.decode(cut_at_stop(row.tolist(), stops)[0], skip_special_tokens=True).strip())
             bar.update(len(rows))
     return out
 
@@ -113,7 +111,7 @@ def answer_logprobs(model: Any, chats: Sequence[Chat], answers: Sequence[str], *
         raise ValueError(f"answer_logprobs: {len(chats)} chats but {len(answers)} answers; pass one answer per chat.")
     m = as_model(model)
     tok = m.tokenizer
-    eot = _end_of_turn_id(tok) if end_of_turn else None
+    eot = end_of_turn_id(tok) if end_of_turn else None
     rows: list[tuple[list[int], int]] = []
     for chat, ans in zip(chats, answers):
         p = prompt_ids(tok, chat, prefill)

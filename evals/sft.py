@@ -29,7 +29,7 @@ import torch
 from activation_oracles.errors import ConfigError, DataError
 from activation_oracles.models import Model
 from activation_oracles.padding import left_pad
-from activation_oracles.prompt import _end_of_turn_id
+from activation_oracles.prompt import end_of_turn_id
 from activation_oracles.training.sources import encode_chat
 from activation_oracles.training.schedule import linear_schedule
 
@@ -74,7 +74,7 @@ def encode_example(tokenizer: Any, chat: Chat) -> tuple[list[int], list[int]]:
     prompt = encode_chat(tokenizer, chat[:-1], add_generation_prompt=True)
     full = encode_chat(tokenizer, chat)
     if full[:len(prompt)] != prompt:  # a template that renders history differently once answered
-        eot = _end_of_turn_id(tokenizer)
+        eot = end_of_turn_id(tokenizer)
         full = prompt + list(tokenizer(chat[-1]["content"], add_special_tokens=False)["input_ids"]) + \
             ([eot] if eot is not None else [])
     labels = [IGNORE] * len(prompt) + full[len(prompt):]

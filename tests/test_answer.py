@@ -8,7 +8,7 @@ import pytest
 
 import activation_oracles as ao
 from activation_oracles.answer import DEFAULT_MAX_NEW_TOKENS, Answer
-from activation_oracles.prompt import _end_of_turn_id
+from activation_oracles.prompt import end_of_turn_id
 from activation_oracles.tiny import tiny_model
 
 
@@ -33,7 +33,7 @@ def test_an_answer_still_going_at_the_budget_is_truncated(oracle_and_acts) -> No
 
 def test_an_answer_the_oracle_ends_is_not_truncated_even_at_the_last_token(oracle_and_acts) -> None:
     oracle, acts = oracle_and_acts
-    eot = _end_of_turn_id(oracle.model.tokenizer)
+    eot = end_of_turn_id(oracle.model.tokenizer)
     # forced_eos_token_id makes the budget's last token the end of turn: the answer ends exactly at the budget
     ended = oracle.ask(acts, "What is it?", max_new_tokens=3, generate_kwargs={"forced_eos_token_id": eot})
     cut = oracle.ask(acts, "What is it?", max_new_tokens=2)

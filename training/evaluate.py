@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from ..forward import label_logprobs
+from ..forward import cut_at_stop, generation_kwargs, label_logprobs, stop_ids
 from ..hooks import inject_residuals
 from ..progress import progress as progress_bar
 from ..padding import left_pad
-from ..prompt import _end_of_turn_id, answer_ids
+from ..prompt import answer_ids
 from .batching import BatchStream, Prepared, collate_oracle
 from .source_registry import make_example_stream
 from .steps import make_micro
@@ -174,23 +174,15 @@ class Evaluation:
         prompts = [replace(p, oracle_ids=p.oracle_ids[:len(p.oracle_ids) - p.n_answer], n_answer=0) for p in items]
         batch = left_pad([p.oracle_ids for p in prompts], self.pad_id)  # generate() derives position ids
         ids, mask, width = batch.input_ids, batch.attention_mask, batch.input_ids.shape[1]
-        eot = _end_of_turn_id(self._prompt_tok)
-        stops = [t for t in {eot, self.tokenizer.eos_token_id} if t is not None]
         max_new = min(self.cfg.eval.max_new_tokens, max(p.n_answer for p in items) + 2)
         with self._autocast(), inject_residuals(self.oracle, self.cfg.model.injection_layer,
                                                 [list(p.placeholder_positions) for p in prompts], vectors,
                                                 mode=self.oracle_config.mode, coeff=self.oracle_config.coeff):
             out = self.peft.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                     max_new_tokens=max_new, do_sample=False, pad_token_id=self.pad_id,
-                                     eos_token_id=stops, temperature=None, top_p=None, top_k=None)
-        texts = []
-        for row in out[:, width:].tolist():
-            for k, t in enumerate(row):
-                if t in stops:
-                    row = row[:k]
-                    break
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
-        return texts
+                                     **generation_kwargs(self.tokenizer, max_new))
+        stops = set(stop_ids(self.tokenizer))
+        return [self.tokenizer.decode(cut_at_stop(row, stops)[0], skip_special_tokens=True)
+                for row in out[:, width:].tolist()]
 
     def _run_eval(self) -> None:
         if not self.dist.is_main:
