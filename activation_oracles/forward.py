@@ -19,7 +19,7 @@ which vectors go where.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -96,6 +96,33 @@ def generation_kwargs(tokenizer: Any, max_new_tokens: int, temperature: float = 
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     kw.update(extra or {})
     return kw
+
+
+class Generated(NamedTuple):
+    """One row's new tokens: ``ids`` before the first stop token, and that ``stop`` token (``None``: none came)."""
+
+    ids: list[int]
+    stop: int | None
+
+
+def generate(hf: Any, tokenizer: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+             temperature: float = 0.0, extra: dict[str, Any] | None = None, **model_kwargs: Any) -> list[Generated]:
+    """Continue each left-padded row and cut its new tokens at the first stop (:func:`stop_ids`).
+
+    The one decoding loop of the project (``ask``, the in-training evaluation, on-policy rollouts and
+    the evals' chat replies): :func:`generation_kwargs` decides greedy or sampled decoding and the stop
+    tokens, so every caller stops at the same end-of-turn token. ``generate`` derives position ids
+    from the attention mask itself; ``model_kwargs`` go to it unchanged (e.g. a prefilled cache).
+    Injection and adapters stay with the caller, around this call.
+    """
+    out = hf.generate(input_ids=input_ids, attention_mask=attention_mask,
+                      **generation_kwargs(tokenizer, max_new_tokens, temperature, extra), **model_kwargs)
+    stops = set(stop_ids(tokenizer))
+    rows = []
+    for row in out[:, input_ids.shape[1]:].tolist():
+        ids, ended = cut_at_stop(row, stops)
+        rows.append(Generated(ids, row[len(ids)] if ended else None))
+    return rows
 
 
 def cut_at_stop(ids: list[int], stops: Any) -> tuple[list[int], bool]:

@@ -40,7 +40,7 @@ from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real
 from .config import OracleConfig
 from .errors import ActivationsMismatchError, ArgumentError, ArgumentTypeError, MissingTokenizerError, PromptTooLongError
-from .forward import IGNORE, cut_at_stop, generation_kwargs, label_logprobs, stop_ids
+from .forward import IGNORE, Generated, generate, label_logprobs
 from .hooks import inject_residuals
 from .oracle_args import check_choices, check_overrides, pair_inputs
 from .models import Model, as_model
@@ -75,7 +75,6 @@ class ActivationOracle:
                                   "ao.as_model(model, tokenizer).")
         self.placeholder_id = placeholder_id(self.model.tokenizer, config)  # checks it is one token
         self._eot = end_of_turn_id(self.model.tokenizer)
-        self._stops = set(stop_ids(self.model.tokenizer))
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -157,15 +156,10 @@ class ActivationOracle:
         batch = left_pad(rows, pad_id_of(self.model.tokenizer), self.model.device)
         return batch.input_ids, batch.attention_mask
 
-    def _gen_kwargs(self, max_new_tokens: int, temperature: float,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return generation_kwargs(self.model.tokenizer, max_new_tokens, temperature, extra)
-
-    def _decode(self, new_ids: torch.Tensor, max_new_tokens: int) -> Answer:
+    def _decode(self, row: Generated, max_new_tokens: int) -> Answer:
         """The answer up to the end-of-turn token; ``truncated`` when there was none within the budget."""
-        ids, ended = cut_at_stop(new_ids.tolist(), self._stops)
-        text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        return Answer(text, truncated=not ended and len(new_ids) >= max_new_tokens)
+        text = self.model.tokenizer.decode(row.ids, skip_special_tokens=True).strip()
+        return Answer(text, truncated=row.stop is None and len(row.ids) >= max_new_tokens)
 
     # -- asking --------------------------------------------------------------------------------------
     # One return type per call form (typing.overload): one activation set and one question give an
@@ -284,9 +278,8 @@ class ActivationOracle:
                   extra: dict[str, Any] | None = None) -> list[Answer]:
         ids, mask = self._left_pad([it.prompt.input_ids for it in items])
         with self._session(items):
-            out = self.model.hf.generate(input_ids=ids, attention_mask=mask,
-                                         **self._gen_kwargs(max_new_tokens, temperature, extra))
-        return [self._decode(row[ids.shape[1]:], max_new_tokens) for row in out]
+            out = generate(self.model.hf, self.model.tokenizer, ids, mask, max_new_tokens, temperature, extra)
+        return [self._decode(row, max_new_tokens) for row in out]
 
     def _generate_with_prefix(self, items: Sequence[_Item], max_new_tokens: int, temperature: float,
                               extra: dict[str, Any] | None = None) -> list[Answer]:
@@ -312,9 +305,9 @@ class ActivationOracle:
         if len(items) > 1:
             batch_cache.batch_repeat_interleave(len(items))
         with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
-            out = self.model.hf.generate(input_ids=ids, attention_mask=mask, **{_cache_kwarg(self.model.hf): batch_cache},
-                                         **self._gen_kwargs(max_new_tokens, temperature, extra))
-        return [self._decode(row[ids.shape[1]:], max_new_tokens) for row in out]
+            out = generate(self.model.hf, self.model.tokenizer, ids, mask, max_new_tokens, temperature, extra,
+                           **{_cache_kwarg(self.model.hf): batch_cache})
+        return [self._decode(row, max_new_tokens) for row in out]
 
     @overload
     def choose(self, acts: Activations, question: str, choices: Sequence[str], *, layer: int | None = ...,

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from activation_oracles.adapters import use_adapter
-from activation_oracles.forward import answer_logprob_sums, cut_at_stop, generation_kwargs, stop_ids
+from activation_oracles.forward import answer_logprob_sums
+from activation_oracles.forward import generate as generate_rows
 from activation_oracles.models import Model, as_model
 from activation_oracles.padding import left_pad
 from activation_oracles.prompt import end_of_turn_id
@@ -60,12 +61,6 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.eos_token_id if pad is None else pad
 
 
-def left_pad_ids(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)`` of left-padded ``rows`` (:func:`activation_oracles.padding.left_pad`)."""
-    b = left_pad(rows, pad)  # generate() derives position ids from the mask itself
-    return b.input_ids, b.attention_mask
-
-
 def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, prefill: str = "",
              max_new_tokens: int = 48, batch_size: int = 16, progress: bool | None = None,
              desc: str = "generating replies") -> list[str]:
@@ -77,16 +72,13 @@ def generate(model: Any, chats: Sequence[Chat], *, adapter: str | None = None, p
     """
     m = as_model(model)
     tok = m.tokenizer
-    stops = set(stop_ids(tok))
     out: list[str] = []
     with running(m, adapter), _bar(desc, len(chats), progress) as bar:
         for start in range(0, len(chats), batch_size):
             rows = [prompt_ids(tok, c, prefill) for c in chats[start:start + batch_size]]
-            ids, mask = left_pad_ids(rows, pad_id(tok))
-            gen = m.hf.generate(input_ids=ids.to(m.device), attention_mask=mask.to(m.device),
-                                **generation_kwargs(tok, max_new_tokens))
-            for row in gen[:, ids.shape[1]:]:
-                out.append(tok.decode(cut_at_stop(row.tolist(), stops)[0], skip_special_tokens=True).strip())
+            batch = left_pad(rows, pad_id(tok), m.device)
+            for row in generate_rows(m.hf, tok, batch.input_ids, batch.attention_mask, max_new_tokens):
+                out.append(tok.decode(row.ids, skip_special_tokens=True).strip())
             bar.update(len(rows))
     return out
 

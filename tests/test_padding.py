@@ -67,3 +67,31 @@ def test_label_logprobs_score_only_labelled_columns():
     assert scored.tolist() == [[True, True, True], [False, False, True]]
     assert lp[0].tolist() == pytest.approx([expect[0, 0, 3].item(), expect[0, 1, 4].item(), expect[0, 2, 5].item()])
     assert lp[1].tolist() == pytest.approx([0.0, 0.0, expect[1, 2, 9].item()])
+
+
+def _greedy_alone(m: ao.Model, ids: list[int], n: int) -> list[int]:
+    """Greedy continuation by hand: argmax of a full forward pass per token (no cache, no padding)."""
+    row = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            row.append(int(m.hf(input_ids=torch.tensor([row])).logits[0, -1].argmax()))
+    return row[len(ids):]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batched_generation_equals_greedy_by_hand(arch, embedded_tokenizer):
+    """forward.generate (the one decoding loop: ask, evaluation, rollouts, chat replies) on padded rows."""
+    from activation_oracles.forward import generate
+
+    m = _model(arch, embedded_tokenizer)
+    tok = embedded_tokenizer
+    rows = [tok(p)["input_ids"] for p in PROMPTS]
+    batch = left_pad(rows, 0)
+    with torch.no_grad():
+        out = generate(m.hf, tok, batch.input_ids, batch.attention_mask, 6)
+    stops = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id}
+    for ids, got in zip(rows, out):
+        expect = _greedy_alone(m, ids, 6)
+        cut = next((i for i, t in enumerate(expect) if t in stops), None)
+        assert got.ids == expect[:cut]
+        assert got.stop == (expect[cut] if cut is not None else None)

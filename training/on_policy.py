@@ -33,7 +33,8 @@ import torch
 
 from activation_oracles.errors import ConfigError, DataError
 from activation_oracles.files import package_data
-from activation_oracles.padding import left_pad
+from activation_oracles.forward import generate
+from activation_oracles.padding import left_pad, pad_id_of
 
 from .sources import check_file, encode_chat
 
@@ -123,27 +124,18 @@ class OnPolicySource:
         tok, hf = self.model.tokenizer, self.model.hf
         prompts = self._order[batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
         prompt_ids = [encode_chat(tok, self._messages(p), add_generation_prompt=True) for p in prompts]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        batch = left_pad(prompt_ids, pad)  # generate() derives position ids from the mask
-        input_ids, mask, width = batch.input_ids, batch.attention_mask, batch.input_ids.shape[1]
-        device = self.model.device
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "pad_token_id": pad,
-                                  "do_sample": self.temperature > 0}
-        if self.temperature > 0:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
-        devices = [device] if device.type == "cuda" else []
+        batch = left_pad(prompt_ids, pad_id_of(tok), self.model.device)
+        extra = {"top_p": self.top_p} if self.temperature > 0 else None
+        devices = [batch.input_ids.device] if batch.input_ids.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed * 1_000_003 + batch_index)
-            out = hf.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
-        eos = {tok.eos_token_id} | set(_as_list(getattr(getattr(hf, "generation_config", None), "eos_token_id", None)))
-        eos.discard(None)
+            out = generate(hf, tok, batch.input_ids, batch.attention_mask, self.max_new_tokens, self.temperature,
+                           extra)
         rollouts = []
-        for i, (prompt, ids) in enumerate(zip(prompts, prompt_ids)):
-            new = [int(t) for t in out[i, width:].tolist()]
-            cut = next((j + 1 for j, t in enumerate(new) if t in eos), len(new))
-            new = new[:cut]
+        for prompt, ids, row in zip(prompts, prompt_ids, out):
+            new = row.ids + ([row.stop] if row.stop is not None else [])  # the transcript keeps its end of turn
             rollouts.append({"prompt": prompt, "ids": list(ids) + new,
-                             "completion": tok.decode(new, skip_special_tokens=True)})
+                             "completion": tok.decode(row.ids, skip_special_tokens=True)})
         return rollouts
 
     def rollouts(self, *, progress: bool | None = None) -> Iterator[dict[str, Any]]:
@@ -185,8 +177,3 @@ class OnPolicySource:
                 f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
         return p
 
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple, set)) else [value]

@@ -22,7 +22,8 @@ import torch
 from ..config import OracleConfig
 from ..hooks import capture_residuals, inject_residuals
 from ..models import Model
-from .batching import answer_loss_terms
+from ..forward import label_logprobs
+from .batching import OracleBatch, answer_loss_terms
 from .steps import MicroBatch
 
 ContextFactory = Callable[[], AbstractContextManager[Any]]
@@ -87,13 +88,25 @@ class OracleLoss:
         self.oracle, self.model, self.injection_layer = oracle, model, injection_layer
         self.config, self.device, self.autocast = config, device, autocast
 
+    def logits(self, ob: OracleBatch, vectors: list[torch.Tensor], model: Any = None,
+               coeff: float | None = None) -> torch.Tensor:
+        """The answer columns' logits (``ob.keep`` of them) with ``vectors`` injected at the placeholders.
+
+        ``coeff`` overrides the config's injection coefficient (0: the no-injection control).
+        """
+        cfg = self.config()
+        with self.autocast(), inject_residuals(self.oracle, self.injection_layer, ob.placeholder_positions, vectors,
+                                               mode=cfg.mode, coeff=cfg.coeff if coeff is None else coeff):
+            return (model or self.model)(input_ids=ob.input_ids.to(self.device),
+                                         attention_mask=ob.attention_mask.to(self.device),
+                                         position_ids=ob.position_ids.to(self.device), logits_to_keep=ob.keep,
+                                         use_cache=False).logits
+
     def __call__(self, mb: MicroBatch, vectors: list[torch.Tensor], model: Any = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        ob, cfg = mb.oracle, self.config()
-        with self.autocast(), inject_residuals(self.oracle, self.injection_layer, ob.placeholder_positions, vectors,
-                                               mode=cfg.mode, coeff=cfg.coeff):
-            out = (model or self.model)(input_ids=ob.input_ids.to(self.device),
-                                        attention_mask=ob.attention_mask.to(self.device),
-                                        position_ids=ob.position_ids.to(self.device), logits_to_keep=ob.keep,
-                                        use_cache=False)
-        return answer_loss_terms(out.logits, ob.labels.to(self.device))
+        return answer_loss_terms(self.logits(mb.oracle, vectors, model), mb.oracle.labels.to(self.device))
+
+    def answer_logprobs(self, ob: OracleBatch, vectors: list[torch.Tensor], coeff: float | None = None) -> list[float]:
+        """Each row's summed answer-token log-probability: what ``choose`` scores, and minus the loss's terms."""
+        lp, _ = label_logprobs(self.logits(ob, vectors, coeff=coeff).float(), ob.labels.to(self.device))
+        return lp.sum(-1).tolist()

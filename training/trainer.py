@@ -58,9 +58,9 @@ from .config import TrainConfig, total_steps
 from .source_registry import make_example_stream
 from .steps import MicroBatch, StepInput, StepSource, make_step_input
 from .distributed import DistInfo, _all_reduce_sum, barrier, init_distributed, wrap_ddp
-from .evaluate import Evaluation
+from .evaluate import Evaluator, held_out_examples
 from .example import TrainingExample
-from .lora import LoraModels, load_base
+from .lora import AdaptersOff, has_base_dropout, load_base, load_target, wrap_lora
 from .passes import OracleLoss, TargetReader
 from .schedule import linear_schedule, seed_all
 from .outputs import OUR_FILES, RUN_MARKERS, RunOutputs, StepStats, TrainResult, _progress, check_output_dir
@@ -73,7 +73,7 @@ __all__ = ["Trainer", "TrainResult", "StepStats", "DistInfo", "init_distributed"
 ExampleFactory = Callable[[int], Iterator[TrainingExample]]
 
 
-class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
+class Trainer(Checkpointing, RunOutputs):
     """Train an activation oracle as ``config`` says; :meth:`train` runs to the end and writes the oracle dir.
 
     Args:
@@ -127,10 +127,10 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         if not 0 <= self.cfg.model.injection_layer < self.base.n_layers:
             raise ConfigError(f"model.injection_layer={self.cfg.model.injection_layer} is outside the "
                               f"{self.base.n_layers} blocks of {self.base.name!r}.")
-        self.peft = self._wrap_lora(self.base)
+        self.peft = wrap_lora(self.base, self.cfg)
         self.oracle = as_model(self.peft, self.tokenizer, name=self.base.name)
-        self._find_tuner_layers()
-        self.target = self._load_target()
+        self._adapters_off = AdaptersOff(self.peft)
+        self.target = load_target(self.cfg, self.base, self.device) or self.oracle
         self.ddp = self._wrap_ddp(self.peft)
         self.oracle_config = OracleConfig(base_model=self.base.name, n_layers=self.base.n_layers,
                                           d_model=self.base.d_model,
@@ -143,7 +143,7 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         shared = self.target is self.oracle
         self.reader = TargetReader(self.target, device=self.device, autocast=self._autocast, transform=self._centre,
                                    adapters_off=self._adapters_off if shared else None,
-                                   dropout_module=self.peft if shared and self._base_dropout else None)
+                                   dropout_module=self.peft if shared and has_base_dropout(self.base, self.peft) else None)
         self.loss = OracleLoss(self.oracle, self.peft, injection_layer=self.cfg.model.injection_layer,
                                config=lambda: self.oracle_config, device=self.device, autocast=self._autocast)
         self.params = [p for p in self.peft.parameters() if p.requires_grad]
@@ -163,8 +163,11 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self.stream = BatchStream(factory, batch_size=o.batch_size, group_batches=self.cfg.data.group_batches,
                                   seed=o.seed, max_length=self.cfg.data.max_length,
                                   max_positions=self.cfg.data.max_positions)
-        self._eval_given = eval_examples
-        self.eval_items: list[Prepared] | None = None
+        self.evaluator = Evaluator(
+            self.reader, self.loss, tokenizer=self.tokenizer, pad_id=self.pad_id, batch_size=self.cfg.eval.batch_size,
+            max_new_tokens=self.cfg.eval.max_new_tokens, progress=self._progress_on,
+            items=lambda: self.prepare(held_out_examples(self.cfg, self._factory, self.tokenizer, self.target,
+                                                         eval_examples, self._warm_on_policy)))
         self.step = 0
         self.batches = 0
         self.examples_seen = 0
@@ -319,6 +322,23 @@ class Trainer(LoraModels, Evaluation, Checkpointing, RunOutputs):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out answer loss, yes/no accuracy (log-prob of Yes vs No, with controls) and greedy exact match."""
+        with self._data_lock:  # the tokenizer is not shared with the prefetch thread
+            return self.evaluator()
+
+    def _run_eval(self) -> None:
+        if not self.dist.is_main:
+            return
+        metrics = self.evaluate()
+        if metrics:
+            self.last_eval = metrics
+            self._metric({"step": self.step, **metrics})
+            shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+                     if k.count("/") == 1}
+            self._info(f"step {self.step} eval: {shown}")
 
     # -- the loop ----------------------------------------------------------------------------------
     def train(self) -> TrainResult:
