@@ -366,3 +366,31 @@ def test_tiny_run_readme_is_our_run_card(tiny_run):
     acc = [f"{100 * last[f'eval/yes_no_acc{s}']:.1f}%" for s in ("", "_shuffled", "_coeff0")]
     assert f"| yes/no accuracy | {last['eval/n_yes_no']} | {' | '.join(acc)} |" in card  # the final figures and controls
     assert f"ao.load_oracle({str(out)!r})" in card and f"ao ask --oracle {out}" in card
+
+
+def test_the_constructor_is_cheap_and_start_prepares_the_data(tmp_path):
+    """Building a trainer wires its parts only: no rollouts, no activation statistics, no folder until start()."""
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = quiet(preset("tiny"))
+    on_policy = SourceSpec("on_policy", 0.5, {"n_rollouts": 3, "max_new_tokens": 6, "rollout_batch_size": 2,
+                                              "n_positions": [1, 2], "n_tokens": [1, 2]})
+    cfg = replace(cfg, data=replace(cfg.data, sources=cfg.data.sources + (on_policy,)),
+                  model=replace(cfg.model, center_activations=True))
+    cfg = apply_overrides(cfg, ["optim.steps=1", "eval.n_examples=0", "checkpoint.every=0", "optim.bf16=false"])
+    threads = torch.get_num_threads()
+    try:
+        trainer = Trainer(cfg, out_dir=tmp_path / "run", log=lambda _msg: None)
+        (source,) = [b.source for b in trainer._factory.builders if hasattr(getattr(b, "source", None), "rollouts")]
+        assert source._rollouts == [] and trainer.oracle_config.activation_means is None
+        assert not (tmp_path / "run").exists()
+        trainer.start()
+        try:
+            assert len(source._rollouts) == 3
+            assert sorted(trainer.oracle_config.activation_means) == sorted(
+                {trainer.base.layer_at(p) for p in cfg.data.layer_percents})
+            assert (tmp_path / "run" / "config.toml").exists()
+        finally:
+            trainer.close()
+    finally:
+        torch.set_num_threads(threads)

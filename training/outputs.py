@@ -1,13 +1,15 @@
 """What a run writes and reports: the guarded output directory, per-step and whole-run numbers, the
 metrics log (JSONL, optionally TensorBoard), the progress bar and the final oracle directory.
 
-:class:`RunOutputs` is a mixin of :class:`~.trainer.Trainer`; only rank 0 writes.
+:class:`RunState` holds the run's counters, :class:`RunLog` writes its log (rank 0 only) and
+:func:`write_oracle` the finished oracle: parts of :class:`~.trainer.Trainer`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,32 +95,78 @@ class TrainResult:
         return self.oracle_tokens / self.train_time_s if self.train_time_s else 0.0
 
 
-class RunOutputs:
-    """Messages, metrics and the oracle directory (mixed into the Trainer)."""
+@dataclass
+class RunState:
+    """The run's counters: what a checkpoint saves and ``--resume`` puts back (``skipped`` and the
+    non-finite run length excepted: they describe the latest batches only)."""
 
-    cfg: Any
-    out: Path
+    step: int = 0
+    batches: int = 0
+    examples: int = 0
+    oracle_tokens: int = 0
+    target_tokens: int = 0
+    train_time: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    used: dict[str, int] = field(default_factory=dict)      # examples drawn per source
+    skipped: dict[str, int] = field(default_factory=dict)   # examples the stream filtered out, per reason
+    window: dict[str, float] = field(default_factory=lambda: dict(EMPTY_WINDOW))  # since the last metrics line
+    nonfinite_steps: int = 0  # steps whose NaN/inf loss or gradient was not applied (optim.skip_nonfinite)
+    nonfinite_run: int = 0
+
+    def saved(self) -> dict[str, Any]:
+        return {"step": self.step, "batches": self.batches, "examples": self.examples,
+                "oracle_tokens": self.oracle_tokens, "target_tokens": self.target_tokens,
+                "train_time": self.train_time, "losses": list(self.losses), "window": dict(self.window),
+                "used": dict(self.used)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.step, self.batches = int(state["step"]), int(state["batches"])
+        self.examples = int(state["examples"])
+        self.oracle_tokens, self.target_tokens = int(state["oracle_tokens"]), int(state["target_tokens"])
+        self.train_time = float(state["train_time"])
+        self.losses = [float(x) for x in state["losses"]]
+        self.window = {**EMPTY_WINDOW, **{k: float(v) for k, v in state.get("window", {}).items()}}
+        self.used = {str(k): int(v) for k, v in state.get("used", {}).items()}
+
+
+EMPTY_WINDOW = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
+
+
+class RunLog:
+    """Messages and the metrics log (``metrics.jsonl``, optionally TensorBoard) of one run; only rank 0 writes.
+
+    Args:
+        out: the run's output directory.
+        cfg: the run's :class:`~.config.TrainConfig`.
+        state: the run's counters (updated by :meth:`flush`).
+        is_main: whether this process is rank 0.
+        log: where human-readable messages go.
+    """
+
+    def __init__(self, out: Path, cfg: Any, state: RunState, *, is_main: bool, log: Callable[[str], None]) -> None:
+        self.out, self.cfg, self.state, self.is_main, self.log = out, cfg, state, is_main, log
+        self.tb: Any = None
 
     @property
-    def _progress_on(self) -> bool:
+    def progress_on(self) -> bool:
         """Progress bars for this run's slow phases: ``output.progress``, rank 0 only (on a terminal)."""
-        return bool(self.cfg.output.progress) and self.dist.is_main
+        return bool(self.cfg.output.progress) and self.is_main
 
-    def _info(self, msg: str) -> None:
-        if self.dist.is_main:
-            self._log(msg)
+    def info(self, msg: str) -> None:
+        if self.is_main:
+            self.log(msg)
 
-    def _metric(self, record: dict[str, Any]) -> None:
-        if not self.dist.is_main:
+    def metric(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, record["step"])
+                    self.tb.add_scalar(k, v, record["step"])
 
-    def _logged_eval(self, step: int) -> dict[str, Any] | None:
+    def logged_eval(self, step: int) -> dict[str, Any] | None:
         """The evaluation already logged at ``step`` (a run resumed after its final checkpoint), if any."""
         metrics = self.out / "metrics.jsonl"
         if not metrics.exists():
@@ -130,92 +178,99 @@ class RunOutputs:
                 found = {k: v for k, v in rec.items() if k != "step"}
         return found
 
-    def _open_logs(self) -> None:
-        if not self.dist.is_main:
+    def open(self) -> None:
+        """Keep the log's lines up to the (resumed) step; open TensorBoard when asked and installed."""
+        if not self.is_main:
             return
         metrics = self.out / "metrics.jsonl"
         if metrics.exists():  # drop lines after the resumed step (and a line cut by a kill): one run's log
             kept = [line for line in metrics.read_text().splitlines()
-                    if (rec := _record(line)) is not None and rec.get("step", 0) <= self.step]
+                    if (rec := _record(line)) is not None and rec.get("step", 0) <= self.state.step]
             metrics.write_text("".join(k + "\n" for k in kept))
         if self.cfg.output.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.out / "tensorboard"))
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
             except Exception:  # tensorboard not installed: JSONL only
-                self._tb = None
+                self.tb = None
 
-    def save_oracle(self, wall_time: float) -> None:
-        """Write the adapter (top level of the output dir), the run card ``README.md`` and
-        ``oracle_config.json`` (written last: its presence marks a finished oracle)."""
-        # The adapter only (LoRA matrices): the base embeddings are frozen, so never copy them.
-        self.peft.save_pretrained(str(self.out), safe_serialization=True, save_embedding_layers=False)
-        lo = self.cfg.lora
-        training = {
-            "config": self.cfg.to_dict(),
-            "data": {"used": dict(sorted(self._used.items())), "skipped": dict(sorted(self._skipped.items()))},
-            "mixture": _jsonable(getattr(getattr(self._factory, "mixture", None), "summary", lambda: None)()),
-            "steps": self.step, "examples": self.examples_seen, "oracle_tokens": self.oracle_tokens,
-            "target_tokens": self.target_tokens, "wall_time_s": round(wall_time, 2),
-            "train_time_s": round(self.train_time, 2), "world_size": self.dist.world_size,
-            "final_loss": self.losses[-1] if self.losses else None,
-            "eval": self.last_eval,
-        }
-        final = replace(self.oracle_config, training=training,
-                        lora={"r": lo.r, "alpha": lo.alpha, "dropout": lo.dropout,
-                              "target_modules": list(lo.target_modules)})
-        # Our run card replaces the blank model-card template PEFT's save_pretrained just wrote.
-        from .run_card import run_card_markdown
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
-        ckpt.atomic_write_bytes(self.out / "README.md", run_card_markdown(self.out, self.cfg, final, training).encode())
-        ckpt.atomic_write_bytes(self.out / "oracle_config.json",
-                                (json.dumps(final.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-        self._info(f"oracle written to {self.out} ({self.step} steps, {self.examples_seen} examples, "
-                   f"final loss {training['final_loss']:.4f}).")
-
-    def _nonfinite(self, step: int, loss: float, norm: float) -> None:
+    def nonfinite(self, step: int, loss: float, norm: float) -> None:
         """A step with a NaN/inf loss or gradient: stop (``optim.skip_nonfinite = false``, or 10 in a
-        row), else log it; :meth:`optimizer_step` has already kept it from changing the weights."""
-        self.nonfinite_steps += 1
-        self._nonfinite_run += 1
-        if not self.cfg.optim.skip_nonfinite or self._nonfinite_run >= 10:
-            many = f" ({self._nonfinite_run} steps in a row)" if self._nonfinite_run > 1 else ""
+        row), else log it; the optimiser step has already kept it from changing the weights."""
+        st = self.state
+        st.nonfinite_steps += 1
+        st.nonfinite_run += 1
+        if not self.cfg.optim.skip_nonfinite or st.nonfinite_run >= 10:
+            many = f" ({st.nonfinite_run} steps in a row)" if st.nonfinite_run > 1 else ""
             raise DataError(f"the loss became {loss} (gradient norm {norm}) at step {step}{many}; lower optim.lr "
                             "or check the data.")
-        self._log(f"step {step}: loss {loss}, gradient norm {norm}: not applied (optim.skip_nonfinite; "
-                  f"{self.nonfinite_steps} so far).")
+        self.log(f"step {step}: loss {loss}, gradient norm {norm}: not applied (optim.skip_nonfinite; "
+                 f"{st.nonfinite_steps} so far).")
 
-    def _flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, write: bool) -> None:
-        """Read the pending steps' numbers (this waits for the GPU), update counters, log."""
-        first = self.step - len(pending) + 1
+    def flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, lr: float, write: bool
+              ) -> float:
+        """Read the pending steps' numbers (this waits for the GPU), update the counters, log; returns tokens/s."""
+        st = self.state
+        first = st.step - len(pending) + 1
         norms = [float(n) for _, n in pending]
         for k, (stats, _) in enumerate(pending):
             loss = stats.loss
             if not (math.isfinite(loss) and math.isfinite(norms[k])):
-                self._nonfinite(first + k, loss, norms[k])
+                self.nonfinite(first + k, loss, norms[k])
                 continue
-            self._nonfinite_run = 0
-            self.losses.append(loss)
-            self.oracle_tokens += stats.oracle_tokens
-            self.target_tokens += stats.target_tokens
-            self._window["loss"] += loss
-            self._window["n"] += 1
-            self._window["tokens"] += stats.oracle_tokens
+            st.nonfinite_run = 0
+            st.losses.append(loss)
+            st.oracle_tokens += stats.oracle_tokens
+            st.target_tokens += stats.target_tokens
+            st.window["loss"] += loss
+            st.window["n"] += 1
+            st.window["tokens"] += stats.oracle_tokens
         elapsed = max(elapsed, 1e-9)
-        self.train_time += elapsed
-        self._window["time"] += elapsed
-        w = self._window
+        st.train_time += elapsed
+        st.window["time"] += elapsed
+        w = st.window
         tok_s = w["tokens"] / max(w["time"], 1e-9)
-        lr = self.scheduler.get_last_lr()[0]
-        if self._bar is not None:
-            self._bar.set_postfix(loss=f"{self.losses[-1] if self.losses else float('nan'):.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", refresh=False)
         if write:
-            self._metric({"step": self.step, "loss": w["loss"] / max(1, w["n"]), "lr": lr, "grad_norm": norms[-1],
-                          "tokens_per_s": tok_s, "oracle_tokens": self.oracle_tokens,
-                          "target_tokens": self.target_tokens, "examples": self.examples_seen,
-                          "train_time_s": self.train_time, "nonfinite_steps": self.nonfinite_steps})
-            self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
+            self.metric({"step": st.step, "loss": w["loss"] / max(1, w["n"]), "lr": lr, "grad_norm": norms[-1],
+                         "tokens_per_s": tok_s, "oracle_tokens": st.oracle_tokens, "target_tokens": st.target_tokens,
+                         "examples": st.examples, "train_time_s": st.train_time,
+                         "nonfinite_steps": st.nonfinite_steps})
+            st.window = dict(EMPTY_WINDOW)
+        return tok_s
+
+
+def write_oracle(out: Path, cfg: Any, peft: Any, oracle_config: Any, state: RunState, *, mixture: Any,
+                 world_size: int, wall_time: float, last_eval: dict[str, Any]) -> dict[str, Any]:
+    """Write the adapter (top level of ``out``), the run card ``README.md`` and ``oracle_config.json``
+    (written last: its presence marks a finished oracle); returns the ``training`` record it stored."""
+    # The adapter only (LoRA matrices): the base embeddings are frozen, so never copy them.
+    peft.save_pretrained(str(out), safe_serialization=True, save_embedding_layers=False)
+    lo = cfg.lora
+    training = {
+        "config": cfg.to_dict(),
+        "data": {"used": dict(sorted(state.used.items())), "skipped": dict(sorted(state.skipped.items()))},
+        "mixture": _jsonable(getattr(mixture, "summary", lambda: None)()),
+        "steps": state.step, "examples": state.examples, "oracle_tokens": state.oracle_tokens,
+        "target_tokens": state.target_tokens, "wall_time_s": round(wall_time, 2),
+        "train_time_s": round(state.train_time, 2), "world_size": world_size,
+        "final_loss": state.losses[-1] if state.losses else None,
+        "eval": last_eval,
+    }
+    final = replace(oracle_config, training=training,
+                    lora={"r": lo.r, "alpha": lo.alpha, "dropout": lo.dropout, "target_modules": list(lo.target_modules)})
+    # Our run card replaces the blank model-card template PEFT's save_pretrained just wrote.
+    from .run_card import run_card_markdown
+
+    ckpt.atomic_write_bytes(out / "README.md", run_card_markdown(out, cfg, final, training).encode())
+    ckpt.atomic_write_bytes(out / "oracle_config.json",
+                            (json.dumps(final.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+    return training
 
 
 def _jsonable(obj: Any) -> Any:

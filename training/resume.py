@@ -1,11 +1,13 @@
 """Saving and restoring the full training state (adapter, optimiser, schedule, RNG, counters) for ``--resume``.
 
-The file format and atomic writes live in :mod:`.checkpoint`; :class:`Checkpointing` is a mixin of
-:class:`~.trainer.Trainer` that decides what goes into a checkpoint and puts it back.
+The file format and atomic writes live in :mod:`.checkpoint`; :class:`Checkpointer`, a part of
+:class:`~.trainer.Trainer`, decides what goes into a checkpoint and puts it back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,17 +15,29 @@ import torch
 from ..errors import ConfigError
 from . import checkpoint as ckpt
 from .config import TrainConfig
+from .distributed import DistInfo, barrier
+from .outputs import RunState
 
 
-class Checkpointing:
-    """Periodic checkpoints and resuming from the newest valid one (mixed into the Trainer)."""
+class Checkpointer:
+    """Periodic checkpoints of a run and resuming from the newest valid one (a part of the trainer).
 
-    cfg: TrainConfig
+    Args:
+        out: the run's output directory (checkpoints go to ``out/checkpoints``).
+        cfg: the run's config (saved with each checkpoint; a resume must match it).
+        dist: the process group's facts (every process's RNG state is saved; rank 0 writes).
+        peft: the model whose trainable (adapter) parameters are saved.
+        optimizer, scheduler: saved and restored with the adapter.
+        state: the run's counters.
+        info: where messages go.
+    """
 
-    def _adapter_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().to("cpu", copy=True) for n, p in self.peft.named_parameters() if p.requires_grad}
+    def __init__(self, out: Path, cfg: TrainConfig, dist: DistInfo, peft: Any, optimizer: Any, scheduler: Any,
+                 state: RunState, info: Callable[[str], None]) -> None:
+        self.out, self.cfg, self.dist, self.peft = out, cfg, dist, peft
+        self.optimizer, self.scheduler, self.state, self.info = optimizer, scheduler, state, info
 
-    def save_checkpoint(self) -> None:
+    def save(self) -> None:
         rng = ckpt.rng_state()
         if self.dist.enabled:
             import torch.distributed as dist
@@ -34,21 +48,19 @@ class Checkpointing:
         else:
             rngs = [rng]
         if self.dist.is_main:
-            state = {"step": self.step, "batches": self.batches, "examples": self.examples_seen,
-                     "oracle_tokens": self.oracle_tokens, "target_tokens": self.target_tokens,
-                     "train_time": self.train_time, "losses": list(self.losses), "world_size": self.dist.world_size,
-                     "window": dict(self._window), "used": dict(self._used),
-                     "config": self.cfg.to_toml(), "adapter": self._adapter_state(),
-                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "rng": rngs}
-            ckpt.save_checkpoint(self.out, self.step, state)
+            adapter = {n: p.detach().to("cpu", copy=True) for n, p in self.peft.named_parameters() if p.requires_grad}
+            state = {**self.state.saved(), "world_size": self.dist.world_size, "config": self.cfg.to_toml(),
+                     "adapter": adapter, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": rngs}
+            ckpt.save_checkpoint(self.out, self.state.step, state)
             ckpt.prune(self.out, self.cfg.checkpoint.keep)
-        self._barrier()
+        barrier(self.dist)
 
-    def _restore(self) -> bool:
-        found = ckpt.load_latest(self.out, report=self._info)
+    def restore(self) -> bool:
+        """Load the newest valid checkpoint into the adapter, optimiser, schedule, RNG and counters."""
+        found = ckpt.load_latest(self.out, report=self.info)
         if found is None:
-            self._info(f"--resume: no checkpoint in {self.out}; starting from the beginning.")
+            self.info(f"--resume: no checkpoint in {self.out}; starting from the beginning.")
             return False
         step, state = found
         saved = TrainConfig.from_toml(state["config"])
@@ -67,17 +79,11 @@ class Checkpointing:
         self.scheduler.load_state_dict(state["scheduler"])
         rngs = state["rng"]
         if len(rngs) != self.dist.world_size:
-            self._info(f"checkpoint was written by {len(rngs)} processes, resuming with {self.dist.world_size}; "
-                       "dropout randomness will differ from an uninterrupted run.")
+            self.info(f"checkpoint was written by {len(rngs)} processes, resuming with {self.dist.world_size}; "
+                      "dropout randomness will differ from an uninterrupted run.")
         ckpt.set_rng_state(rngs[self.dist.rank % len(rngs)])
-        self.step, self.batches = int(state["step"]), int(state["batches"])
-        self.examples_seen = int(state["examples"])
-        self.oracle_tokens, self.target_tokens = int(state["oracle_tokens"]), int(state["target_tokens"])
-        self.train_time = float(state["train_time"])
-        self.losses = [float(x) for x in state["losses"]]
-        self._resumed_window = {k: float(v) for k, v in state.get("window", {}).items()}
-        self._used = {str(k): int(v) for k, v in state.get("used", {}).items()}
-        self._info(f"resumed from checkpoint step {step} ({self.batches} batches consumed).")
+        self.state.restore(state)
+        self.info(f"resumed from checkpoint step {step} ({self.state.batches} batches consumed).")
         return True
 
 

@@ -19,12 +19,15 @@ Under ``torchrun`` the oracle is wrapped in ``DistributedDataParallel`` (nccl on
 gloo on CPU); every process rebuilds the same example stream from the seed and
 trains on its own share of each batch.
 
-The trainer is the loop; its parts live beside it: the two passes (:mod:`.passes`), the data
-(:mod:`.source_registry`, :mod:`.batching`, :mod:`.steps`), the adapter (:mod:`.lora`), the
-evaluation (:mod:`.evaluate`), checkpoints and resume (:mod:`.checkpoint`, :mod:`.resume`), the run's
-outputs and log (:mod:`.outputs`), the schedule (:mod:`.schedule`). Why ~470 lines: the constructor
-and the loop hold the run's state in one place (the resumable counters, the DDP and precision
-set-up), which splitting further would only scatter.
+The trainer is a short loop over parts built in its constructor, each in its own module: the data
+(:class:`~.batching.BatchStream` over the :mod:`.source_registry`'s mixture, cut into micro-batches by
+:mod:`.steps`), the two passes (:class:`~.passes.TargetReader`, :class:`~.passes.OracleLoss`), the
+adapter (:mod:`.lora`), AdamW with the :mod:`.schedule`, the :class:`~.resume.Checkpointer`, the
+:class:`~.outputs.RunLog` over the run's counters (:class:`~.outputs.RunState`) and the
+:class:`~.evaluate.Evaluator`. The constructor loads the models and wires these parts; the data's
+expensive preparation (on-policy rollouts, activation statistics) waits for :meth:`Trainer.start`.
+Why ~500 lines: the constructor and the loop hold the run's set-up in one place (DDP, precision,
+the order in which parts are built), which splitting further would only scatter.
 
 >>> import tempfile
 >>> from activation_oracles.training.config import apply_overrides
@@ -42,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,13 +61,15 @@ from .config import TrainConfig, total_steps
 from .source_registry import make_example_stream
 from .steps import MicroBatch, StepInput, StepSource, make_step_input
 from .distributed import DistInfo, _all_reduce_sum, barrier, init_distributed, wrap_ddp
+from .data_prep import activation_statistics, check_data_fits, generate_rollouts
 from .evaluate import Evaluator, held_out_examples
 from .example import TrainingExample
 from .lora import AdaptersOff, has_base_dropout, load_base, load_target, wrap_lora
 from .passes import OracleLoss, TargetReader
 from .schedule import linear_schedule, seed_all
-from .outputs import OUR_FILES, RUN_MARKERS, RunOutputs, StepStats, TrainResult, _progress, check_output_dir
-from .resume import Checkpointing
+from .outputs import (OUR_FILES, RUN_MARKERS, RunLog, RunState, StepStats, TrainResult, _progress, check_output_dir,
+                      write_oracle)
+from .resume import Checkpointer
 
 # Re-exported: these names lived here before the trainer was split into modules.
 __all__ = ["Trainer", "TrainResult", "StepStats", "DistInfo", "init_distributed", "check_output_dir", "load_base",
@@ -73,7 +78,7 @@ __all__ = ["Trainer", "TrainResult", "StepStats", "DistInfo", "init_distributed"
 ExampleFactory = Callable[[int], Iterator[TrainingExample]]
 
 
-class Trainer(Checkpointing, RunOutputs):
+class Trainer:
     """Train an activation oracle as ``config`` says; :meth:`train` runs to the end and writes the oracle dir.
 
     Args:
@@ -98,6 +103,8 @@ class Trainer(Checkpointing, RunOutputs):
         self.resume = resume
         self.dist = init_distributed(config.model.device)
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.state = RunState()
+        self.run_log = RunLog(self.out, self.cfg, self.state, is_main=self.dist.is_main, log=self._log)
         o = self.cfg.optim
         if o.batch_size % (self.dist.world_size * o.grad_accum):
             raise ConfigError(f"optim.batch_size={o.batch_size} is not divisible by world_size x grad_accum = "
@@ -151,15 +158,15 @@ class Trainer(Checkpointing, RunOutputs):
         warmup = int(o.warmup_fraction * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(warmup, self.total_steps))
 
+        self.checkpointer = Checkpointer(self.out, self.cfg, self.dist, self.peft, self.optimizer, self.scheduler,
+                                         self.state, self._info)
         factory = examples if examples is not None else make_example_stream(
             self.cfg.data.sources, self.tokenizer, self.cfg.data.layer_percents, self.cfg.optim.seed,
             model=self.target)
-        self._warm_on_policy(factory)
         self._factory = factory
+        self._data_ready = False  # on-policy rollouts and activation statistics: prepare_data(), at start()
         if self.cfg.model.init_adapter:
             self._warm_start(self.cfg.model.init_adapter)
-        elif self.cfg.model.center_activations:
-            self._measure_means(factory)
         self.stream = BatchStream(factory, batch_size=o.batch_size, group_batches=self.cfg.data.group_batches,
                                   seed=o.seed, max_length=self.cfg.data.max_length,
                                   max_positions=self.cfg.data.max_positions)
@@ -168,54 +175,60 @@ class Trainer(Checkpointing, RunOutputs):
             max_new_tokens=self.cfg.eval.max_new_tokens, progress=self._progress_on,
             items=lambda: self.prepare(held_out_examples(self.cfg, self._factory, self.tokenizer, self.target,
                                                          eval_examples, self._warm_on_policy)))
-        self.step = 0
-        self.batches = 0
-        self.examples_seen = 0
-        self.oracle_tokens = 0
-        self.target_tokens = 0
-        self.train_time = 0.0
-        self.losses: list[float] = []
-        self.nonfinite_steps = 0  # steps whose NaN/inf loss or gradient was not applied (optim.skip_nonfinite)
-        self._nonfinite_run = 0
         self.last_eval: dict[str, Any] = {}
-        self._tb: Any = None
         self._inputs: StepSource | None = None
-        self._used: dict[str, int] = {}
-        self._skipped: dict[str, int] = {}
         self._bar: Any = None
-        self._window: dict[str, float] = {}
+
+    # The run's counters live in self.state (what a checkpoint restores); these read them.
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def examples_seen(self) -> int:
+        return self.state.examples
+
+    @property
+    def losses(self) -> list[float]:
+        return self.state.losses
+
+    @property
+    def nonfinite_steps(self) -> int:
+        return self.state.nonfinite_steps
+
+    @property
+    def _progress_on(self) -> bool:
+        return self.run_log.progress_on
+
+    def _info(self, msg: str) -> None:
+        self.run_log.info(msg)
+
+    def _nonfinite(self, step: int, loss: float, norm: float) -> None:
+        self.run_log.nonfinite(step, loss, norm)
 
     # -- construction helpers ----------------------------------------------------------------------
     def _wrap_ddp(self, model: Any) -> Any:
         return wrap_ddp(model, self.dist)
 
+    def prepare_data(self) -> None:
+        """What the data needs before the first step, once: on-policy rollouts, then each source layer's
+        mean (and scale) activation when ``model.center_activations`` asks for them (not after a warm start,
+        which reuses its run's). :meth:`start` calls it; so does :meth:`compute_step` if it has not run."""
+        if self._data_ready:
+            return
+        self._warm_on_policy(self._factory)
+        if self.cfg.model.center_activations and not self.cfg.model.init_adapter:
+            off = self.peft.disable_adapter if self.target is self.oracle else None
+            means, scales = activation_statistics(
+                self.target, self._factory, standardize=self.cfg.model.standardize_activations, adapters_off=off,
+                autocast=self._autocast, progress=self._progress_on, info=self._info)
+            self.oracle_config = replace(self.oracle_config, activation_means=means, activation_scales=scales)
+        self._data_ready = True
+
     def _warm_on_policy(self, factory: Any) -> None:
-        """Generate on-policy rollouts now, from the target (adapter off), so they never see the adapter."""
-        for builder in getattr(factory, "builders", ()):
-            source = getattr(builder, "source", None)
-            if source is not None and hasattr(source, "rollouts"):
-                self._info(f"generating {getattr(source, 'n_rollouts', '?')} on-policy rollouts from the target...")
-                with self.peft.disable_adapter() if self.target is self.oracle else nullcontext():
-                    for _ in source.rollouts(progress=self._progress_on):
-                        pass
-
-    def _measure_means(self, factory: Any) -> None:
-        """Each source layer's mean (and scale) activation, adapter off as in the target pass, stored in the oracle config."""
-        from .centring import activation_stats
-
-        self._info("measuring each source layer's mean activation (256 examples of the mixture)...")
-        with ExitStack() as stack:
-            if self.target is self.oracle:
-                stack.enter_context(self.peft.disable_adapter())
-            stack.enter_context(self._autocast())
-            # epoch 2e6: a stream of its own (training uses epochs 0, 1, ...; evaluation 1e6 + epoch)
-            stats = activation_stats(self.target, factory(2 * 10 ** 6), n=256, progress=self._progress_on)
-        self._info("mean norms: " + ", ".join(f"layer {layer} {mean.norm():.1f}" for layer, (mean, _) in stats.items()))
-        scales = None
-        if self.cfg.model.standardize_activations:
-            scales = {layer: scale.tolist() for layer, (_, scale) in stats.items()}
-        self.oracle_config = replace(self.oracle_config, activation_scales=scales,
-                                     activation_means={layer: mean.tolist() for layer, (mean, _) in stats.items()})
+        """Generate ``factory``'s on-policy rollouts now, from the target (adapter off)."""
+        generate_rollouts(factory, adapters_off=self.peft.disable_adapter if self.target is self.oracle else None,
+                          progress=self._progress_on, info=self._info)
 
     def _warm_start(self, folder: str) -> None:
         """Start from another run's adapter weights and reuse its activation statistics (curriculum runs)."""
@@ -280,6 +293,7 @@ class Trainer(Checkpointing, RunOutputs):
         processes, all micro-batches), so the gradient does not depend on how it is split.
         Nothing here waits for the GPU.
         """
+        self.prepare_data()
         step = batch if isinstance(batch, StepInput) else self.make_step_input(batch)
         w = self.dist.world_size
         per_example = self.cfg.optim.loss_weighting == "example"
@@ -326,6 +340,7 @@ class Trainer(Checkpointing, RunOutputs):
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
         """Held-out answer loss, yes/no accuracy (log-prob of Yes vs No, with controls) and greedy exact match."""
+        self.prepare_data()
         with self._data_lock:  # the tokenizer is not shared with the prefetch thread
             return self.evaluator()
 
@@ -335,7 +350,7 @@ class Trainer(Checkpointing, RunOutputs):
         metrics = self.evaluate()
         if metrics:
             self.last_eval = metrics
-            self._metric({"step": self.step, **metrics})
+            self.run_log.metric({"step": self.step, **metrics})
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                      if k.count("/") == 1}
             self._info(f"step {self.step} eval: {shown}")
@@ -350,12 +365,15 @@ class Trainer(Checkpointing, RunOutputs):
             self.finish(wall_time=time.perf_counter() - wall0)
         finally:
             self.close()
-        return TrainResult(self.out, self.step, self.examples_seen, list(self.losses), dict(self.last_eval),
-                           time.perf_counter() - wall0, self.train_time, self.oracle_tokens, self.target_tokens)
+        st = self.state
+        return TrainResult(self.out, st.step, st.examples, list(st.losses), dict(self.last_eval),
+                           time.perf_counter() - wall0, st.train_time, st.oracle_tokens, st.target_tokens)
 
     def start(self) -> None:
-        """Prepare the output directory, resume if asked, print the config, start the data pipeline."""
-        self._check_data_fits()
+        """Check the data, prepare it, make the output directory, resume if asked, print the config, start the data
+        pipeline."""
+        self.prepare_data()  # first: drawing an on-policy example would otherwise sample with the adapter on
+        check_data_fits(self._factory, self.stream, self.cfg.data.max_length, self.cfg.data.max_positions)
         created = not self.out.exists()
         if self.dist.is_main:
             try:
@@ -367,7 +385,7 @@ class Trainer(Checkpointing, RunOutputs):
                                        f"{exc.strerror or exc}; pick a writable --out.") from None
         self._barrier()
         if self.resume:
-            self._restore()
+            self.checkpointer.restore()
         if self.dist.is_main:
             text = self.cfg.to_toml()
             self._log(f"resolved config (saved to {self.out / 'config.toml'}):\n{text}")
@@ -380,40 +398,12 @@ class Trainer(Checkpointing, RunOutputs):
                     self.out.rmdir()
                 raise OutputWriteError(f"cannot write {str(self.out / 'config.toml')!r}: {exc.strerror or exc}; "
                                        "free some space or pick another --out.") from None
-        self._open_logs()
+        self.run_log.open()
         depth = self.cfg.data.prefetch if self.cfg.data.prefetch >= 0 else (2 if self.device.type == "cuda" else 0)
         if depth:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the worker is forked
-        self._inputs = StepSource(self.stream, self.batches, self.make_step_input, depth)
+        self._inputs = StepSource(self.stream, self.state.batches, self.make_step_input, depth)
         self._bar = _progress(self.total_steps, self.step, enabled=self._progress_on)
-        self._window = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
-        self._window.update(getattr(self, "_resumed_window", {}))  # a metric line may span the resume
-
-    def _check_data_fits(self) -> None:
-        """Fail before the run folder exists when no example passes the filters (e.g. ``data.max_length=1``).
-
-        The batch stream finds out only when it builds its first batch, after config.toml and
-        the logs are written; a look at the first examples of epoch 0 (normally the very first
-        one fits, so this costs one example) tells now.
-        """
-        skipped: dict[str, int] = {}
-        for ex in self._factory(0):
-            reason = self.stream._reject(ex)
-            if reason is None:
-                return
-            skipped[reason] = skipped.get(reason, 0) + 1
-            if sum(skipped.values()) >= self.stream.give_up_after:
-                break
-        if not skipped:
-            return  # an empty mixture: the stream's own error says so
-        d = self.cfg.data
-        if skipped.get("context_too_long"):
-            raise DataError(f"every example's context is longer than data.max_length={d.max_length} tokens (of "
-                            f"the first {sum(skipped.values())} examples, skipped: {skipped}); raise data.max_length "
-                            "or shorten the contexts (e.g. the builders' max_context_tokens). Nothing was written.")
-        raise DataError(f"no example passed the filters (of the first {sum(skipped.values())}, skipped: {skipped}); "
-                        f"raise data.max_positions (now {d.max_positions}) or data.max_length (now {d.max_length}), "
-                        "or check the data sources. Nothing was written.")
 
     def train_steps(self, n: int, record: list[StepInput] | None = None,
                     inputs: Iterator[StepInput] | None = None) -> None:
@@ -435,14 +425,15 @@ class Trainer(Checkpointing, RunOutputs):
                                 "data.n_examples / optim.steps.") from None
             if record is not None:
                 record.append(step_input)
+            st = self.state
             for ex in step_input.examples:
-                self._used[ex.source] = self._used.get(ex.source, 0) + 1
-            self._skipped = step_input.skipped
+                st.used[ex.source] = st.used.get(ex.source, 0) + 1
+            st.skipped = step_input.skipped
             stats = self.compute_step(step_input)
             pending.append((stats, self.optimizer_step()))
-            self.step += 1
-            self.batches += 1
-            self.examples_seen += len(step_input.examples)
+            st.step += 1
+            st.batches += 1
+            st.examples += len(step_input.examples)
             if self._bar is not None:
                 self._bar.update(1)
             log_now = self.step % self.cfg.output.log_every == 0 or self.step == self.total_steps
@@ -456,8 +447,7 @@ class Trainer(Checkpointing, RunOutputs):
                 if log_now and self._out_of_time():
                     self._log(f"optim.max_minutes={self.cfg.optim.max_minutes:g} reached at step {self.step} of "
                               f"{self.total_steps}: the run ends here.")
-                    self.total_steps = self.step
-                    end = self.step
+                    self.total_steps = end = self.step
                     eval_now = ckpt_now = False
                 if eval_now:
                     self._run_eval()
@@ -483,15 +473,31 @@ class Trainer(Checkpointing, RunOutputs):
         if self.cfg.eval.n_examples:
             # Resumed after the final checkpoint (killed while the oracle was being written): the final
             # evaluation is already in the log; evaluating again would log the step twice.
-            logged = self._logged_eval(self.step) if self.dist.is_main else None
+            logged = self.run_log.logged_eval(self.step) if self.dist.is_main else None
             if logged is not None:
                 self.last_eval = logged
             else:
                 self._run_eval()
         self.save_checkpoint()
         if self.dist.is_main:
-            self.save_oracle(wall_time=wall_time)
+            training = write_oracle(self.out, self.cfg, self.peft, self.oracle_config, self.state,
+                                    mixture=getattr(self._factory, "mixture", None), world_size=self.dist.world_size,
+                                    wall_time=wall_time, last_eval=self.last_eval)
+            self._info(f"oracle written to {self.out} ({self.step} steps, {self.examples_seen} examples, "
+                       f"final loss {training['final_loss']:.4f}).")
         self._barrier()
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint of the run as it is now (:class:`~.resume.Checkpointer`)."""
+        self.checkpointer.save()
+
+    def _flush(self, pending: list[tuple[StepStats, torch.Tensor]], elapsed: float, *, write: bool) -> None:
+        """Read the pending steps' numbers into the counters and the log; update the bar."""
+        lr = self.scheduler.get_last_lr()[0]
+        tok_s = self.run_log.flush(pending, elapsed, lr=lr, write=write)
+        if self._bar is not None:
+            last = self.losses[-1] if self.losses else float("nan")
+            self._bar.set_postfix(loss=f"{last:.3f}", tok_s=f"{tok_s:.0f}", lr=f"{lr:.2e}", refresh=False)
 
     def close(self) -> None:
         """Stop the data thread and close the logs (also after an error)."""
@@ -500,6 +506,4 @@ class Trainer(Checkpointing, RunOutputs):
         if getattr(self, "_bar", None) is not None:
             self._bar.close()
             self._bar = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        self.run_log.close()
