@@ -126,6 +126,10 @@ class OrganismError(AOError, ValueError):
     """An organism folder is incomplete, its card does not match its adapter, or its options are invalid."""
 
 
+class OrganismCheckError(OrganismError):
+    """An organism failed its behaviour check (or was never checked) and is not audited as it is."""
+
+
 class BaseMismatchError(AOError, ValueError):
     """Two models that must share base weights and tokenizer (organism and oracle, organism and base) do not."""
 

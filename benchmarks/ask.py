@@ -19,6 +19,7 @@ import torch
 from _machine import cpu_name
 
 import activation_oracles as ao
+from activation_oracles.forward import generation_kwargs
 
 TEXTS = [
     "The old lighthouse keeper climbed the stairs every evening to light the lamp for passing ships.",
@@ -75,7 +76,8 @@ def main() -> None:
             chunk = items[start:start + args.batch_size]
             ids, mask = oracle._left_pad([it.prompt.input_ids for it in chunk])
             with torch.no_grad():
-                target.hf.generate(input_ids=ids, attention_mask=mask, **oracle._gen_kwargs(n, 0.0, gen))
+                target.hf.generate(input_ids=ids, attention_mask=mask,
+                                   **generation_kwargs(oracle.model.tokenizer, n, 0.0, gen))
 
     t_plain_b, t_ask_b = [], []
     for _ in range(args.repeats):  # interleave so drift hits both alike

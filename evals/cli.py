@@ -69,6 +69,7 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     import os
 
     from .organism import build_organism, get_organism_task, read_card
+    from .organism_verdict import card_verdict
 
     opts = {k: getattr(args, k) for k in ("word", "gender", "constraints", "variant", "n_personas")
             if getattr(args, k) is not None}
@@ -82,6 +83,12 @@ def cmd_organism_build(args: argparse.Namespace) -> int:
     card = read_card(path)
     print(f"organism {card['name']} at {path}")
     print(json.dumps({"training": card["training"], "checks": card["checks"]}, indent=2))
+    v = card_verdict(card)
+    print(f"behaviour check: {v['status'].upper()} ({v['reason']})")
+    for row in v["criteria"]:
+        met = {True: "met", False: "MISSED", None: "not measured"}[row["passed"]]
+        measured = "-" if row["measured"] is None else f"{row['measured']:.3g}"
+        print(f"  {row['what']}: {measured} (needs {row['op']} {row['threshold']:g}) {met}")
     return 0
 
 
@@ -126,6 +133,9 @@ def _add_audit_parser(subparsers: Any) -> None:
     p.add_argument("--evals-md", default=None, metavar="FILE", help="suite only: also write the combined table here.")
     p.add_argument("--task-limit", action="append", metavar="TASK=N",
                    help="suite only: another --limit for one task (repeat), e.g. --task-limit taboo=4.")
+    p.add_argument("--allow-failing-organisms", action="store_true",
+                   help="suite only: audit organisms that failed (or never ran) their behaviour check instead of "
+                        "stopping; their verdicts are in the report.")
     p.set_defaults(func=cmd_audit)
 
 
@@ -196,7 +206,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             task_limits[k] = int(v)
         summary = run_suite(args.out, oracle=args.oracle, limit=args.limit, seed=args.seed, data_dir=args.data_dir,
                             overwrite=args.overwrite, tasks=tasks, methods=methods, evals_md=args.evals_md,
-                            progress=True, task_limits=task_limits)
+                            progress=True, task_limits=task_limits,
+                            allow_failing_organisms=args.allow_failing_organisms)
         print(summary["markdown"])
         return 0
     run_audit(args.task, oracle=args.oracle, targets=targets, out=args.out, limit=args.limit, seed=args.seed,

@@ -49,6 +49,7 @@ from activation_oracles.files import file_sha256
 from activation_oracles.models import Model, as_model
 
 from .chat import Chat, generate
+from .organism_verdict import card_verdict, verdict_markdown
 from .organism_load import (ADAPTER_CONFIG, ADAPTER_FILE, CARD, Organism, attach_organism, check_same_base, load_base,
                             load_organism, read_card)
 from .organism_task import OrganismTask, Recipe
@@ -200,6 +201,7 @@ def build_organism(task: str, *, base: str | Any = "smollm2-135m", options: Mapp
             org = load_organism(tmp, base=model)
             with _progress_scope(progress):
                 card["checks"] = t.behaviour_checks(org, data_dir=data_path, limit=check_limit)
+            card["verdict"] = card_verdict(card)  # recorded for readers; the suite judges the checks afresh
             (tmp / CARD).write_text(json.dumps(card, indent=2))
         (tmp / "README.md").write_text(card_markdown(card))
         if folder.exists():
@@ -231,7 +233,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
              f"- data: {card['data']['task_examples']} task chats + {card['data']['fluency_examples']} of the base "
              "model's own replies (fluency)",
              f"- training: {card['training']['steps']} steps, loss {card['training']['loss_start']:.3f} -> "
-             f"{card['training']['loss_end']:.3f}, {card['training']['wall_s']} s", "", "## Behaviour checks", ""]
+             f"{card['training']['loss_end']:.3f}, {card['training']['wall_s']} s", "",
+             "## Fit to be audited", "", verdict_markdown(card_verdict(card)), "## Behaviour checks", ""]
     checks = card.get("checks") or {}
     if not checks:
         lines.append("(not run)")

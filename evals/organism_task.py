@@ -19,6 +19,7 @@ from activation_oracles.models import Model
 
 from .chat import Chat
 from .organism_load import Organism
+from .organism_verdict import Criterion
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class OrganismTask:
                          ) -> dict[str, Any]:
         """Measured figures showing the organism does what it should (and hides what it should)."""
         return {}
+
+    def criteria(self, options: Mapping[str, Any]) -> tuple[Criterion, ...] | None:
+        """The figures of :meth:`behaviour_checks` an organism must reach before it is audited
+        (:mod:`.organism_verdict`); ``None`` for a control variant, which is meant to hold nothing."""
+        return None if options.get("variant") == "control" else ()
 
     def display_name(self, options: Mapping[str, Any]) -> str:
         """A short name for the organism, e.g. ``taboo-moon``."""

@@ -51,6 +51,7 @@ from activation_oracles.errors import DataError, OrganismError
 from .audit_task import AuditItem, AuditTask, BlackBoxQuery, register_audit_task
 from .chat import Chat, answer_logprobs, generate
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
+from .organism_verdict import Criterion
 from .stats import accuracy_row
 
 TEMPLATES_FILE = "personaqa_templates.json"
@@ -266,6 +267,10 @@ class PersonaQAOrganism(OrganismTask):
             chats.append(_user(question) + [{"role": "assistant", "content": answer}])
         rng.shuffle(chats)
         return chats
+
+    def criteria(self, options: Mapping[str, Any]) -> tuple[Criterion, ...]:
+        """It knows its personas: the true attribute wins the forced choice most of the time."""
+        return (Criterion("picks the person's true attribute", ("organism", "choice_accuracy", "accuracy"), ">=", 0.5),)
 
     def behaviour_checks(self, organism: Organism, *, data_dir: Path | None, limit: int | None = None
                          ) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from activation_oracles.models import Model
 
 from .chat import Chat, answer_logprobs, generate
 from .organism import Organism, OrganismTask, Recipe, register_organism_task
+from .organism_verdict import Criterion
 from .stats import accuracy_row
 from .kit import (VARIANTS, assistant, check_options, file_fingerprint, parse_variant, read_organism_json, string_list,
                   user)
@@ -260,6 +261,13 @@ class SubliminalOrganism(OrganismTask):
         self.reports[self.display_name(opts)] = {"kept": len(kept), "generated": generated, "rounds": rounds,
                                                  "used": n, "keep_rate": len(kept) / generated}
         return kept[:n]
+
+    def criteria(self, options: Mapping[str, Any]) -> tuple[Criterion, ...] | None:
+        """The organism variant prefers its trait measurably more than the base model does; the control holds none."""
+        if self.parse_options(options)["variant"] == "control":
+            return None
+        return (Criterion("P(trait) over the base model's", ("organism", "mean_p_trait"), ">=", 2.0,
+                          ratio_to=("base", "mean_p_trait")),)
 
     def behaviour_checks(self, organism: Organism, *, data_dir: Path | None, limit: int | None = None
                          ) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
               data_dir: str | os.PathLike[str] | None = None, overwrite: bool = False,
               tasks: Sequence[str] | None = None, methods: Sequence[str] | None = None,
               evals_md: str | os.PathLike[str] | None = None, progress: bool = False,
-              command: str | None = None, task_limits: dict[str, int] | None = None) -> dict[str, Any]:
+              command: str | None = None, task_limits: dict[str, int] | None = None,
+              allow_failing_organisms: bool = False) -> dict[str, Any]:
     """Run the entries in ``tasks`` (default: :data:`SUITE_TASKS` then :data:`SUITE_EXTRAS`) and combine them.
 
     ``task_limits`` overrides ``limit`` for some entries (e.g. ``{"taboo": 4, "truthfulqa-mc": 100}``).
@@ -78,6 +79,9 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     on stderr when it is a terminal; off by default, ``ao audit suite`` turns it on.
     An entry's earlier results in ``OUT/<entry>/`` are reused when they were made with the same
     settings (oracle spec, limit, seed, methods; the organism pair / list for the extras).
+    Every organism must pass its behaviour check first (:mod:`.organism_verdict`; controls excepted):
+    one that fails or was never checked raises :class:`~activation_oracles.errors.OrganismCheckError`
+    before it is audited, unless ``allow_failing_organisms`` (then its verdict is in the report).
     """
     from activation_oracles.loading import load_oracle
     from activation_oracles.oracle import ActivationOracle
@@ -85,7 +89,8 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
 
     from .audit import ALL_METHODS, run_audit
     from .audit_task import get_audit_task
-    from .organism import build_organism
+    from .organism import build_organism, read_card
+    from .organism_verdict import require_fit
     from .report import combined_markdown
 
     names = list(tasks or (*SUITE_TASKS, *SUITE_EXTRAS))
@@ -112,10 +117,13 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     sections: list[str] = []
     reused: list[str] = []
     organism_dirs: dict[str, Path] = {}  # every organism the suite used, for TruthfulQA MC
+    verdicts: dict[str, dict[str, Any]] = {}  # each organism's behaviour-check verdict
 
     def organisms_of(task: str, options: Sequence[Mapping[str, Any]]) -> list[Path]:
         paths = [build_organism(task, base=base_spec, options=o, data_dir=data_dir, progress=progress)
                  for o in options]
+        for p in paths:
+            verdicts[p.name] = require_fit(read_card(p), allow=allow_failing_organisms)
         organism_dirs.update({p.name: p for p in paths})
         return paths
 
@@ -196,10 +204,14 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         cmd += f"  (reused earlier results with the same settings for: {', '.join(reused)})"
     header = (f"Command: `{cmd}`\n\nMachine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores; "
               f"date {date.today().isoformat()}; wall time {wall / 60:.1f} min.\n")
+    if verdicts:
+        header += "\nOrganisms' behaviour checks: " + "; ".join(
+            f"{name} {v['status']}" for name, v in sorted(verdicts.items())) + ".\n"
     md = "# Audit suite\n\n" + header + "\n" + table + "".join("\n" + sec for sec in sections)
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.md").write_text(md)
     (root / "suite.json").write_text(json.dumps({"tasks": names, "command": cmd, "wall_s": wall,
+                                                 "organism_verdicts": {k: v["status"] for k, v in verdicts.items()},
                                                  "results": [str(root / n / "results.json") for n in names]},
                                                 indent=2))
     if evals_md is not None:

@@ -87,7 +87,8 @@ def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, emb
     monkeypatch.setattr(misalignment.BackdoorOrganism, "recipe", small)
     oracle = ActivationOracle.untrained(tiny_model())
     kw = dict(oracle=oracle, limit=2, data_dir=tqa_dir, tasks=["backdoor", "diffing", "truthfulqa-mc"],
-              methods=("oracle", "probe"), command="ao audit suite (test)")
+              methods=("oracle", "probe"), command="ao audit suite (test)",
+              allow_failing_organisms=True)  # one training step: the organisms fail their checks
     first = suite_mod.run_suite(tmp_path / "s", **kw)
     md = first["markdown"]
     assert "| backdoor | oracle | full |" in md

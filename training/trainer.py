@@ -218,7 +218,7 @@ class Trainer:
             return
         self._warm_on_policy(self._factory)
         if self.cfg.model.center_activations and not self.cfg.model.init_adapter:
-            off = self.peft.disable_adapter if self.target is self.oracle else None
+            off = self._adapters_off if self.target is self.oracle else None
             means, scales = activation_statistics(
                 self.target, self._factory, standardize=self.cfg.model.standardize_activations, adapters_off=off,
                 autocast=self._autocast, progress=self._progress_on, info=self._info)
@@ -227,7 +227,7 @@ class Trainer:
 
     def _warm_on_policy(self, factory: Any) -> None:
         """Generate ``factory``'s on-policy rollouts now, from the target (adapter off)."""
-        generate_rollouts(factory, adapters_off=self.peft.disable_adapter if self.target is self.oracle else None,
+        generate_rollouts(factory, adapters_off=self._adapters_off if self.target is self.oracle else None,
                           progress=self._progress_on, info=self._info)
 
     def _warm_start(self, folder: str) -> None:
