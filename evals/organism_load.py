@@ -131,7 +131,7 @@ def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_organism(path: str | os.PathLike[str], *, base: Any = None) -> Organism:
     """Attach an organism's adapter to ``base`` (default: its own base model, loaded here).
 
-    The adapter gets the name ``organism_<name>`` and is parked (off) outside the
+    The adapter gets the name ``organism_<name>_<first 8 hex of its SHA-256>`` and is parked (off) outside the
     organism's helpers, so the base keeps acting as the base model.
     """
     from activation_oracles.adapter_checks import check_adapter_fits, read_adapter_index
@@ -145,7 +145,8 @@ def load_organism(path: str | os.PathLike[str], *, base: Any = None) -> Organism
                     f"organism {card['name']!r} and the base model given")
     index = read_adapter_index(folder)  # config and tensor index checked, before the model is touched
     check_adapter_fits(index, model.hf, model.name)
-    adapter = "organism_" + re.sub(r"\W", "_", str(card["name"]))  # module-dict keys take no dots
+    # module-dict keys take no dots; the adapter's hash tells apart two builds of one name (e.g. another seed)
+    adapter = "organism_" + re.sub(r"\W", "_", str(card["name"])) + "_" + str(card.get("adapter_sha256", ""))[:8]
     if adapter in adapter_names(model.hf):
         return Organism(model=model, adapter=adapter, card=card, path=folder)
     attach_adapter(model, folder, adapter, index=index)  # all or nothing

@@ -61,6 +61,22 @@ def _pair_options(task: str) -> list[dict[str, Any]]:
     return [{**extra, "variant": v} for v in ("organism", "control")]
 
 
+def _benign_twin(task: str, base: str, data_dir: Any, progress: bool) -> Path:
+    """A second control of ``task``: same recipe and data volume, another seed (the diffing audit's benign twin).
+
+    Its folder is the control's name with ``-twin``, so its card name (and its adapter's) differs."""
+    from .organism import build_organism, default_organism_dir, get_organism_task, recipe_hash
+
+    t = get_organism_task(task)
+    options = _pair_options(task)[1]
+    recipe = t.recipe.with_overrides({"seed": t.recipe.seed + 1})
+    digest = recipe_hash(task, base, t.parse_options(options), recipe, t.fingerprint(t.parse_options(options)))
+    control = t.display_name(t.parse_options(options))
+    out = default_organism_dir(control, digest).with_name(f"{control}-twin")
+    return build_organism(task, base=base, options=options, recipe=recipe, data_dir=data_dir, progress=progress,
+                          out=out)
+
+
 def _demote(md: str) -> str:
     """A report's Markdown with its headings one level down (it becomes a section of the suite's)."""
     return "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines()) + "\n"
@@ -156,12 +172,14 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         from .diffing import diffing_markdown, run_diffing
 
         pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
+        twins = [_benign_twin(task, base_spec, data_dir, progress) for task in DIFFING_TASKS]
         n_prompts = max(2, limits["diffing"] or 20)
-        want = {"oracle": label, "n_prompts": n_prompts, "seed": seed, "pairs": [[a.name, b.name] for a, b in pairs]}
+        want = {"oracle": label, "n_prompts": n_prompts, "seed": seed, "pairs": [[a.name, b.name] for a, b in pairs],
+                "twins": [t.name for t in twins]}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
             res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
-                              oracle_label=label, progress=progress)
+                              oracle_label=label, progress=progress, twins=twins)
         else:
             reused.append("diffing")
         sections.append(_demote(diffing_markdown(res)))

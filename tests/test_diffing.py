@@ -88,3 +88,44 @@ def test_truthfulqa_audit_needs_data(oracle, tmp_path, monkeypatch) -> None:
             pytest.skip("shared data folder not found")
         (tmp_path / "truthfulqa" / "TruthfulQA.csv").write_bytes((src / "truthfulqa" / "TruthfulQA.csv").read_bytes())
         run_truthfulqa_audit(oracle=oracle, data_dir=tmp_path, limit=2)
+
+
+def test_the_benign_twin_control_tells_a_planted_trait_from_any_difference() -> None:
+    """Scores made by hand: a trait only the organism has is trait-specific; a shift every fine-tune has is not."""
+    import random
+
+    from activation_oracles.evals.diffing import beyond_benign_row
+
+    rng = random.Random(0)
+    base = [rng.gauss(0, 0.3) for _ in range(40)]
+    planted = [rng.gauss(1, 0.3) for _ in range(40)]
+    benign = [rng.gauss(0, 0.3) for _ in range(40)]
+    shifted = [rng.gauss(1, 0.3) for _ in range(40)]
+    trait = beyond_benign_row(planted, base, benign, n_boot=200)
+    assert trait["trait_specific"] and trait["ci_low"] > 0
+    anything = beyond_benign_row(planted, base, shifted, n_boot=200)
+    assert not anything["trait_specific"] and anything["benign_auroc"] > 0.9
+    # the twin's direction does not matter: a twin scored far *below* the control separates as much
+    below = beyond_benign_row(planted, base, [x - 2 for x in benign], n_boot=200)
+    assert not below["trait_specific"]
+
+
+def test_diffing_with_a_benign_twin(tmp_path, pair, oracle, data_dir) -> None:
+    from dataclasses import replace
+
+    twin = build_organism("em-narrow-advice", base="tiny", options={"variant": "control"},
+                          recipe=replace(RECIPE, seed=1), out=tmp_path / "twin", checks=False, data_dir=data_dir)
+    res = run_diffing([pair], oracle=oracle, out=tmp_path / "d", n_prompts=4, n_boot=50, twins=[twin])
+    assert res["config"]["twins"] == ["twin"]
+    for a in res["aggregates"]:
+        t = a["benign_twin"]
+        assert 0 <= t["benign_auroc"] <= 1 and t["ci_low"] <= t["beyond_benign"] <= t["ci_high"]
+        assert t["trait_specific"] == (t["ci_low"] > 0)
+    assert {r["model"] for r in res["rows"]} == {"organism", "control", "twin"}
+    assert "| trait-specific |" in (tmp_path / "d" / "report.md").read_text()
+    with pytest.raises(OrganismError, match="same adapter"):
+        run_diffing([pair], oracle=oracle, n_prompts=2, twins=[pair[1]])
+    with pytest.raises(OrganismError, match="must be another build"):
+        run_diffing([pair], oracle=oracle, n_prompts=2, twins=[pair[0]])
+    with pytest.raises(ConfigError, match="2 benign twins for 1 pairs"):
+        run_diffing([pair], oracle=oracle, n_prompts=2, twins=[twin, twin])

@@ -97,7 +97,7 @@ def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, emb
     mc = json.loads((tmp_path / "s" / "truthfulqa-mc" / "results.json").read_text())
     # the base and both organisms the suite used (the backdoor audit's and the diffing pair's, built once)
     assert [r["model"] for r in mc["rows"]] == ["base", "trigger-backdoor-control", "trigger-backdoor-organism"]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["trigger-backdoor-control",
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["trigger-backdoor-control", "trigger-backdoor-control-twin",
                                                                      "trigger-backdoor-organism"]
     (tmp_path / "s" / "suite.json").unlink()
     again = suite_mod.run_suite(tmp_path / "s", **kw)
