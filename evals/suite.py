@@ -38,6 +38,10 @@ SUITE_EXTRAS = ("diffing", "truthfulqa", "truthfulqa-mc")
 DIFFING_TASKS = ("em-narrow-advice", "em-reward-hacks", "trigger-backdoor", "subliminal")
 
 
+SETTINGS_FILE = "suite_settings.json"
+"""Written when a suite starts: what a resumed suite must match."""
+
+
 def _matching_results(folder: Path, want: Mapping[str, Any]) -> dict[str, Any] | None:
     """The results in ``folder`` if their config holds every ``want`` setting, else None."""
     if want.get("oracle") is None and "oracle" in want:
@@ -123,12 +127,34 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     root = Path(out)
     if (root / "suite.json").exists() and not overwrite:
         raise OutputDirError(f"{str(root)!r} already holds a suite's results; pass --overwrite or another --out.")
+    label = oracle if isinstance(oracle, str) else None
+    want_methods = list(methods or ALL_METHODS)
+    # A suite killed part-way continues where it stopped (finished entries are reused); only with the
+    # settings it was started with, so one folder never mixes two suites.
+    settings = {"oracle": label, "limit": limit, "seed": seed, "methods": want_methods, "tasks": names,
+                "task_limits": dict(sorted((task_limits or {}).items()))}
+    started = root / SETTINGS_FILE
+    if started.is_file() and not overwrite:
+        try:
+            before = json.loads(started.read_text())
+        except (OSError, json.JSONDecodeError):
+            before = {}
+        differ = [k for k in settings if json.dumps(before.get(k)) != json.dumps(settings[k])]
+        if differ:
+            changes = "; ".join(f"{k}: {before.get(k)!r} then, {settings[k]!r} now" for k in differ)
+            raise OutputDirError(
+                f"{str(root)!r} holds a suite started with other settings ({changes}); resume it with the same "
+                f"settings (see {SETTINGS_FILE}), pass --overwrite to start again, or choose another --out. "
+                "Nothing was changed.")
+
+    def start() -> None:
+        """Record the settings before the first entry writes (an organism refused before that writes nothing)."""
+        root.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps(settings, indent=2))
     if data_dir is None and os.environ.get("AO_DATA_DIR"):
         data_dir = os.environ["AO_DATA_DIR"]
     orc = oracle if isinstance(oracle, ActivationOracle) else load_oracle(oracle)
-    label = oracle if isinstance(oracle, str) else None
     base_spec = orc.config.base_model
-    want_methods = list(methods or ALL_METHODS)
     results: list[dict[str, Any]] = []
     sections: list[str] = []
     reused: list[str] = []
@@ -163,6 +189,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
             reused.append(n)
             bar.update(1)
             continue
+        start()
         results.append(run_audit(n, oracle=orc, targets=targets, out=root / n, limit=limits[n], seed=seed,
                                  data_dir=data_dir, overwrite=True, methods=tuple(want_methods), progress=progress,
                                  oracle_label=label))
@@ -178,6 +205,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
                 "twins": [t.name for t in twins]}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
+            start()
             res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
                               oracle_label=label, progress=progress, twins=twins)
         else:
@@ -191,6 +219,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         n_q = max(2, limits["truthfulqa"] or 50)
         res = _matching_results(root / "truthfulqa", {"oracle": label, "limit": n_q, "seed": seed})
         if res is None or overwrite:
+            start()
             res = run_truthfulqa_audit(oracle=orc, data_dir=data_dir, out=root / "truthfulqa", limit=n_q, seed=seed,
                                        overwrite=True, oracle_label=label, progress=progress)
         else:
@@ -205,6 +234,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         res = _matching_results(root / "truthfulqa-mc", {"limit": limits["truthfulqa-mc"], "seed": seed,
                                                          "organisms": [p.name for p in orgs]})
         if res is None or overwrite:
+            start()
             res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
                                     limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
         else:

@@ -1,0 +1,65 @@
+"""A killed audit suite continues where it stopped, to the same results; other settings are refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from activation_oracles.errors import OutputDirError
+from activation_oracles.evals import suite as suite_mod
+from activation_oracles.evals import truthfulqa_audit
+
+
+@pytest.fixture(scope="module")
+def oracle_dir(tmp_path_factory) -> str:
+    """A tiny trained oracle on disk: a spec string, so the suite can tell finished entries apart."""
+    from activation_oracles.training.config import apply_overrides
+    from activation_oracles.training.presets import preset
+    from activation_oracles.training.trainer import Trainer
+
+    cfg = apply_overrides(preset("tiny"), ["optim.steps=2", "eval.n_examples=0", "checkpoint.every=0"])
+    out = tmp_path_factory.mktemp("oracle") / "run"
+    return str(Trainer(replace(cfg, output=replace(cfg.output, progress=False)), out_dir=out).train().out_dir)
+
+
+def _kw(oracle_dir: str, data_dir: Path, **changes) -> dict:
+    kw = dict(oracle=oracle_dir, limit=2, seed=0, data_dir=data_dir, tasks=["classification", "truthfulqa"],
+              methods=("oracle",), command="ao audit suite (test)")
+    return {**kw, **changes}
+
+
+def test_a_killed_suite_resumes_to_the_same_results(tmp_path, oracle_dir, data_dir, monkeypatch) -> None:
+    suite_mod.run_suite(tmp_path / "whole", **_kw(oracle_dir, data_dir))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the machine went away during the second entry
+
+    with monkeypatch.context() as m:
+        m.setattr(truthfulqa_audit, "run_truthfulqa_audit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir))
+    assert (tmp_path / "s" / "classification" / "results.json").is_file()
+    assert not (tmp_path / "s" / "suite.json").exists()
+    first_entry = (tmp_path / "s" / "classification" / "results.json").read_bytes()
+
+    resumed = suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir))
+    assert "reused earlier results with the same settings for: classification" in resumed["markdown"]
+    assert (tmp_path / "s" / "classification" / "results.json").read_bytes() == first_entry   # not run again
+    for entry in ("classification", "truthfulqa"):
+        a = json.loads((tmp_path / "whole" / entry / "results.json").read_text())
+        b = json.loads((tmp_path / "s" / entry / "results.json").read_text())
+        assert a["aggregates"] == b["aggregates"] and a["config"] == b["config"], entry
+
+
+def test_a_suite_resumed_with_other_settings_is_refused(tmp_path, oracle_dir, data_dir, monkeypatch) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(truthfulqa_audit, "run_truthfulqa_audit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir))
+    before = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+    with pytest.raises(OutputDirError, match=r"other settings \(limit: 2 then, 3 now\).*--overwrite"):
+        suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir, limit=3))
+    assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == before
