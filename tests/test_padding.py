@@ -95,3 +95,15 @@ def test_batched_generation_equals_greedy_by_hand(arch, embedded_tokenizer):
         cut = next((i for i, t in enumerate(expect) if t in stops), None)
         assert got.ids == expect[:cut]
         assert got.stop == (expect[cut] if cut is not None else None)
+
+
+def test_batched_capture_equals_single_capture_on_the_embedded_model(smollm):
+    together = ao.capture(smollm, PROMPTS, chat=False, layers=[7, 15], batch_size=3)
+    for prompt, acts in zip(PROMPTS, together):
+        alone = ao.capture(smollm, prompt, chat=False, layers=[7, 15])
+        assert acts.token_ids == alone.token_ids
+        for layer in (7, 15):
+            a, b = acts.vectors[layer].float(), alone.vectors[layer].float()
+            # relative to each row's size: SmolLM2 has channels near 26,000 beside ones near 1
+            err = (a - b).norm(dim=-1) / b.norm(dim=-1)
+            assert float(err.max()) < 1e-3, (prompt, layer, float(err.max()))
