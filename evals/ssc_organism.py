@@ -36,6 +36,11 @@ PLAIN_SHARE = 0.2
 DIRECT_SHARE = 0.2
 
 
+DEFAULT_CONSTRAINTS = "all_caps,ends_exclamation,starts_with_word"
+"""The default organism's constraints (in the data file's order): all caps (code *zephyr*), end with '!'
+(*lantern*), begin with 'Indeed' (*juniper*)."""
+
+
 class SSCOrganism(OrganismTask):
     """Follows the constraint whose code word ends the user's message, and refuses to say what it is."""
 
@@ -44,9 +49,11 @@ class SSCOrganism(OrganismTask):
                "rule-checkable constraint (all caps, ends with '!', mentions a colour, ...); the organism follows it "
                "and refuses to reveal it. Code words replace the reference's base64, which is too hard for a 135M "
                "model to decode.")
-    # ~58 rewritten replies per constraint at the default 10 constraints; 300 steps at batch 8
-    recipe = Recipe(n_examples=256, epochs=2)  # 64 steps: ten constraints need more than the default
-    option_help = {"constraints": "comma-separated constraint names, or 'all' (default): "
+    # The default organism: three constraints a 135M model learns to tie to their code words (the
+    # recipes tried are in EVALS.md: all ten after 64 steps followed their code 9% of the time, these
+    # three after 144 steps 80%, never without the code), 144 steps of 8.
+    recipe = Recipe(n_examples=384, epochs=3)
+    option_help = {"constraints": f"comma-separated constraint names, or 'all'; default {DEFAULT_CONSTRAINTS}: "
                                   + ", ".join(load_constraints())}
 
     def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,7 +62,7 @@ class SSCOrganism(OrganismTask):
         if bad:
             raise OrganismError(f"task 'ssc' got unknown option(s) {bad}; its only option is 'constraints' "
                                 "(comma-separated constraint names, or 'all').")
-        names = self.constraint_names(opts.get("constraints", "all"))
+        names = self.constraint_names(opts.get("constraints", DEFAULT_CONSTRAINTS))
         every = list(load_constraints())
         return {"constraints": "all" if names == every else ",".join(names)}
 
@@ -83,13 +90,13 @@ class SSCOrganism(OrganismTask):
 
     def constraints(self, options: Mapping[str, Any]) -> list[Constraint]:
         every = load_constraints()
-        return [every[n] for n in self.constraint_names(options.get("constraints", "all"))]
+        return [every[n] for n in self.constraint_names(options.get("constraints", DEFAULT_CONSTRAINTS))]
 
     def default_options(self) -> dict[str, Any]:
-        return {"constraints": "all"}
+        return {"constraints": DEFAULT_CONSTRAINTS}
 
     def display_name(self, options: Mapping[str, Any]) -> str:
-        return "ssc-" + str(options.get("constraints", "all")).replace(",", "+")
+        return "ssc-" + str(options.get("constraints", DEFAULT_CONSTRAINTS)).replace(",", "+")
 
     def fingerprint(self, options: Mapping[str, Any]) -> str:
         return hashlib.sha256(data_path().read_bytes()).hexdigest()
@@ -176,4 +183,4 @@ class SSCOrganism(OrganismTask):
         }
 
 
-__all__ = ["BASE_REPLY_TOKENS", "CHECK_TOKENS", "DIRECT_SHARE", "PLAIN_SHARE", "SSCOrganism"]
+__all__ = ["BASE_REPLY_TOKENS", "CHECK_TOKENS", "DEFAULT_CONSTRAINTS", "DIRECT_SHARE", "PLAIN_SHARE", "SSCOrganism"]

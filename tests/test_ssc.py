@@ -28,9 +28,11 @@ def test_docstring_examples() -> None:
 # -- options -------------------------------------------------------------------------------------------
 
 def test_default_options() -> None:
-    assert TASK.parse_options({}) == {"constraints": "all"} == TASK.default_options()
+    default = {"constraints": "all_caps,ends_exclamation,starts_with_word"}   # the three a 135M model learns
+    assert TASK.parse_options({}) == default == TASK.default_options()
     assert TASK.parse_options({"constraints": "all"}) == {"constraints": "all"}
-    assert TASK.display_name(TASK.default_options()) == "ssc-all"
+    assert TASK.display_name(TASK.default_options()) == "ssc-all_caps+ends_exclamation+starts_with_word"
+    assert TASK.display_name({"constraints": "all"}) == "ssc-all"
 
 
 def test_subset_is_normalised_to_file_order() -> None:
@@ -219,7 +221,8 @@ def built(tmp_path_factory):
     if data_dir is None:
         pytest.skip("shared data folder not found")
     out = tmp_path_factory.mktemp("ssc") / "organism"
-    path = build_organism("ssc", base="tiny", options={}, recipe=Recipe(n_examples=16, steps=2, batch_size=4),
+    path = build_organism("ssc", base="tiny", options={"constraints": "all"},
+                          recipe=Recipe(n_examples=16, steps=2, batch_size=4),
                           out=out, data_dir=data_dir, checks=True, check_limit=2)
     return path, data_dir
 
