@@ -105,8 +105,9 @@ def _add_audit_parser(subparsers: Any) -> None:
                                      "  ao audit suite --out audits/suite --limit 20")
     p.add_argument("task", metavar="TASK", help="taboo, gender, ssc, personaqa, classification, backdoor, "
                                                 "subliminal, diffing, truthfulqa, truthfulqa-mc, or 'suite' (all).")
-    p.add_argument("--pair", action="append", metavar="ORGANISM,CONTROL",
-                   help="diffing only: an organism folder and its control's, comma-separated (repeat).")
+    p.add_argument("--pair", action="append", metavar="ORGANISM,CONTROL[,TWIN]",
+                   help="diffing only: an organism folder and its control's, comma-separated (repeat); a third "
+                        "folder, a second control built with another seed, adds the benign-twin control.")
     p.add_argument("--target", action="append", metavar="ORGANISM",
                    help="organism folder(s) to audit (repeat); default: the task's default organisms, built or "
                         "found in the cache.")
@@ -181,14 +182,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         from .diffing import run_diffing
 
-        pairs = []
+        pairs, twins = [], []
         for item in args.pair or []:
             parts = [x.strip() for x in item.split(",")]
-            if len(parts) != 2 or not all(parts):
-                raise ConfigError(f"--pair {item!r}; expected ORGANISM_DIR,CONTROL_DIR.")
+            if len(parts) not in (2, 3) or not all(parts):
+                raise ConfigError(f"--pair {item!r}; expected ORGANISM_DIR,CONTROL_DIR or "
+                                  "ORGANISM_DIR,CONTROL_DIR,TWIN_DIR (a second control built with --set seed=1).")
             pairs.append((parts[0], parts[1]))
+            twins.append(parts[2] if len(parts) == 3 else None)
         res = run_diffing(pairs, oracle=args.oracle, out=args.out, n_prompts=args.limit, seed=args.seed,
-                          overwrite=args.overwrite, progress=True)
+                          overwrite=args.overwrite, progress=True, twins=twins if any(twins) else None)
         from .diffing import diffing_markdown
 
         print(diffing_markdown(res))

@@ -131,11 +131,11 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
                 out: str | os.PathLike[str] | None = None, n_prompts: int = 20, seed: int = 0,
                 overwrite: bool = False, n_boot: int = 1000, open_answers: int = 3,
                 oracle_label: str | None = None, progress: bool = False,
-                twins: Sequence[Any] | None = None) -> dict[str, Any]:
+                twins: Sequence[Any | None] | None = None) -> dict[str, Any]:
     """Run the diffing audit on ``(organism, control)`` folder pairs; write results.json and report.md to ``out``.
 
     Both organisms of a pair must be of the same task, on the oracle's base model. ``twins`` (one per
-    pair, or ``None``): a second control of the pair's task trained with another seed, the benign-twin
+    pair, ``None`` for a pair without one): a second control of the pair's task trained with another seed, the benign-twin
     control of the module docstring; each aggregate then says whether its score is trait-specific.
     ``oracle_label`` names
     the oracle in the results (default: its spec, or its base model's name). ``progress``: a bar over
@@ -166,7 +166,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
     for k, (a, b) in enumerate(pairs):
         orgs = [attach_organism(spec, model, base_name=orc.config.base_model, what="the oracle") for spec in (a, b)]
         twin = None
-        if twins is not None:
+        if twins is not None and twins[k] is not None:
             twin = attach_organism(twins[k], model, base_name=orc.config.base_model, what="the oracle")
             if twin.card["task"] != orgs[1].card["task"] or twin.options != orgs[1].options:
                 raise OrganismError(f"the benign twin {twin.name!r} must be another build (another seed) of the "

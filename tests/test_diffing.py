@@ -129,3 +129,11 @@ def test_diffing_with_a_benign_twin(tmp_path, pair, oracle, data_dir) -> None:
         run_diffing([pair], oracle=oracle, n_prompts=2, twins=[pair[0]])
     with pytest.raises(ConfigError, match="2 benign twins for 1 pairs"):
         run_diffing([pair], oracle=oracle, n_prompts=2, twins=[twin, twin])
+
+
+def test_cli_pair_takes_an_optional_twin(tmp_path, pair, capsys) -> None:
+    from activation_oracles.cli import main
+
+    assert main(["audit", "diffing", "--pair", "a,b,c,d", "--out", str(tmp_path / "d")]) == 2
+    assert "ORGANISM_DIR,CONTROL_DIR,TWIN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
