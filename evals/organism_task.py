@@ -120,6 +120,11 @@ class OrganismTask:
         (:mod:`.organism_verdict`); ``None`` for a control variant, which is meant to hold nothing."""
         return None if options.get("variant") == "control" else ()
 
+    def pair_criteria(self, options: Mapping[str, Any]) -> tuple[Criterion, ...]:
+        """Criteria of the organism variant against its control (``{"organism": checks, "control": checks}``):
+        for traits that any fine-tune of the same kind may move (judged when both are built, e.g. by the suite)."""
+        return ()
+
     def display_name(self, options: Mapping[str, Any]) -> str:
         """A short name for the organism, e.g. ``taboo-moon``."""
         parts = [self.name] + [str(v) for _, v in sorted(options.items())]

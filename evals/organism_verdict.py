@@ -109,9 +109,29 @@ def card_verdict(card: Mapping[str, Any]) -> dict[str, Any]:
     return verdict(task.criteria(card.get("options") or {}), card.get("checks"))
 
 
-def require_fit(card: Mapping[str, Any], *, allow: bool = False) -> dict[str, Any]:
-    """The card's verdict; raise :class:`OrganismCheckError` for ``fail``/``unchecked`` unless ``allow``."""
+def pair_verdict(organism: Mapping[str, Any], control: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The verdict of an organism against its control (cards of one task, variants organism and control), or
+    ``None`` when the task states no pair criteria. The criteria read ``{"organism": checks, "control": checks}``."""
+    from .organism import get_organism_task
+
+    task = get_organism_task(str(organism.get("task", "")))
+    criteria = task.pair_criteria(organism.get("options") or {})
+    if not criteria:
+        return None
+    checks = {"organism": organism.get("checks") or {}, "control": control.get("checks") or {}}
+    v = verdict(criteria, checks if checks["organism"] and checks["control"] else {})
+    return {**v, "name": f"{organism.get('name', '?')} against {control.get('name', '?')}"}
+
+
+def require_fit(card: Mapping[str, Any], *, allow: bool = False, control: Mapping[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """The card's verdict (with ``control``: the organism's verdict against that control's card);
+    raise :class:`OrganismCheckError` for ``fail``/``unchecked`` unless ``allow``."""
     v = card_verdict(card)
+    if control is not None and v["status"] == "pass":
+        paired = pair_verdict(card, control)
+        if paired is not None:
+            v = paired
     if v["status"] in ("fail", "unchecked") and not allow:
         fix = ("rebuild it with its checks (ao organism build, without --no-checks, with --data-dir)"
                if v["status"] == "unchecked" else
@@ -140,5 +160,5 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-__all__ = ["STATUSES", "Criterion", "OrganismCheckError", "card_verdict", "require_fit", "verdict",
+__all__ = ["STATUSES", "Criterion", "OrganismCheckError", "card_verdict", "pair_verdict", "require_fit", "verdict",
            "verdict_markdown"]

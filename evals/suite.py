@@ -164,8 +164,15 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     def organisms_of(task: str, options: Sequence[Mapping[str, Any]]) -> list[Path]:
         paths = [build_organism(task, base=base_spec, options=o, data_dir=data_dir, progress=progress)
                  for o in options]
-        for p in paths:
-            verdicts[p.name] = require_fit(read_card(p), allow=allow_failing_organisms)
+        cards = {p: read_card(p) for p in paths}
+        controls = {json.dumps({k: v for k, v in c["options"].items() if k != "variant"}, sort_keys=True): c
+                    for c in cards.values() if c["options"].get("variant") == "control"}
+        for p, card in cards.items():
+            control = None  # an organism is also judged against its control where its task says how
+            if card["options"].get("variant", "organism") != "control":
+                rest = {k: v for k, v in card["options"].items() if k != "variant"}
+                control = controls.get(json.dumps(rest, sort_keys=True))
+            verdicts[p.name] = require_fit(card, allow=allow_failing_organisms, control=control)
         organism_dirs.update({p.name: p for p in paths})
         return paths
 
