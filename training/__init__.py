@@ -1,7 +1,11 @@
 """Train activation oracles: dataset builders, the mixture, and the trainer.
 
->>> from activation_oracles.training import ContextPrediction, TextListSource, Mixture
->>> builder = ContextPrediction.single_token(TextListSource(["The cat sat on the mat today."]))  # doctest: +SKIP
+>>> from random import Random
+>>> from activation_oracles.tiny import tiny_model
+>>> from activation_oracles.training import ContextPrediction, TextListSource
+>>> builder = ContextPrediction.single_token(TextListSource(["The cat sat on the mat today."]))
+>>> next(builder.examples(tiny_model().tokenizer, Random(0))).source
+'context_prediction_single'
 
 Names load lazily, so importing this package does not import torch.
 """
