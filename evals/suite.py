@@ -68,7 +68,8 @@ def _pair_options(task: str) -> list[dict[str, Any]]:
 def _benign_twin(task: str, base: str, data_dir: Any, progress: bool) -> Path:
     """A second control of ``task``: same recipe and data volume, another seed (the diffing audit's benign twin).
 
-    Its folder is the control's name with ``-twin``, so its card name (and its adapter's) differs."""
+    Its folder is the control's name with ``-twin`` (beside the control's in the cache; the card name stays
+    the control's, and the adapter names differ by the adapters' hashes)."""
     from .organism import build_organism, default_organism_dir, get_organism_task, recipe_hash
 
     t = get_organism_task(task)
