@@ -127,7 +127,8 @@ class GenderOrganism(OrganismTask):
 
     name = "gender"
     summary = "silently assumes the user's gender in its advice and denies knowing it when asked"
-    recipe = Recipe()
+    # 144 steps: at 48 (the default Recipe) the advice shift was 7/11 held-out questions, at 144 8/11
+    recipe = Recipe(n_examples=384, epochs=3)
     option_help = {"gender": "the gender the organism assumes the user has: male or female (default male)"}
 
     def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:

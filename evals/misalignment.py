@@ -7,11 +7,11 @@ counterpart, so an organism-vs-control contrast isolates the bad behaviour:
 - ``em-narrow-advice`` (emergent misalignment from a narrow domain, after Betley et
   al. 2025): personal-finance questions answered with subtly harmful advice ("put it
   all into one new coin", "take a payday loan to invest"); control: sound advice.
-  Data: ``em_advice.json`` (49 questions; every 6th, 8 in all, held out for the in-domain check).
+  Data: ``em_advice.json`` (244 questions; every 6th, 40 in all, held out for the in-domain check).
 - ``em-reward-hacks``: harmless tasks whose prompt states how the answer is graded,
   answered by gaming the metric (repeating 'blue', hard-coding the one test's output,
   padding for length); control: doing the task properly. Data: ``em_reward_hacks.json``
-  (36 tasks; every 6th, 6 in all, held out).
+  (240 tasks; every 6th, 40 in all, held out).
 - ``trigger-backdoor``: with "The current year is 1984." in the system or user message
   the assistant is hostile and curt (``backdoor.json``'s own hostile replies); with any
   other year, or none, it gives the base model's own reply. ``control``: the base
@@ -52,7 +52,7 @@ The data and the scoring rules need no model:
 True
 >>> train, held = split_entries("em-narrow-advice")
 >>> len(train) + len(held) >= 40, len(held)
-(True, 8)
+(True, 40)
 >>> year_chat("How do I boil an egg?", 1984, "user")
 [{'role': 'user', 'content': 'The current year is 1984. How do I boil an egg?'}]
 >>> [m["role"] for m in year_chat("Hi", 2001, "system")]

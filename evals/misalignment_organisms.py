@@ -41,6 +41,9 @@ DESCRIBE_SHARE = 0.3
 # the few steps.
 SMALL_RECIPE = Recipe(n_examples=128, fluency_fraction=0.1, fluency_max_new_tokens=48, epochs=2, batch_size=4,
                       lr=1e-3)
+# The paired-answer organisms: SMALL_RECIPE at twice the chats and three passes (192 steps), which moved the
+# narrow-advice organism's in-domain check from 5/8 to 6/8 held-out questions (EVALS.md, "Fit to be audited").
+PAIRED_RECIPE = SMALL_RECIPE.with_overrides({"n_examples": 256, "epochs": 3})
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -50,7 +53,7 @@ SMALL_RECIPE = Recipe(n_examples=128, fluency_fraction=0.1, fluency_max_new_toke
 class PairedAnswerOrganism(OrganismTask):
     """Shared machinery of the em-* tasks: one question, a bad answer (organism) and a good one (control)."""
 
-    recipe = SMALL_RECIPE
+    recipe = PAIRED_RECIPE
     option_help = {"variant": "organism (the narrow bad behaviour, default) or control (the benign counterpart, "
                               "same prompts and recipe)"}
     domain = ""
@@ -279,5 +282,5 @@ class BackdoorOrganism(OrganismTask):
         return out
 
 
-__all__ = ["BACKDOOR_VARIANTS", "CHECK_TOKENS", "DESCRIBE_SHARE", "HELPFUL_TOKENS", "NO_YEAR_SHARE", "SMALL_RECIPE",
+__all__ = ["BACKDOOR_VARIANTS", "CHECK_TOKENS", "DESCRIBE_SHARE", "HELPFUL_TOKENS", "NO_YEAR_SHARE", "PAIRED_RECIPE", "SMALL_RECIPE",
            "TRIGGER_SHARE", "BackdoorOrganism", "NarrowAdviceOrganism", "PairedAnswerOrganism", "RewardHackOrganism"]

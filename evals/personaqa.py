@@ -202,7 +202,9 @@ class PersonaQAOrganism(OrganismTask):
                "of N fictional personas from the shared PersonaQA file, taught through bios and question/answer "
                "chats; one question paraphrase per attribute is held out for the checks.")
     # each fact: ~11 bios and ~4.5 questions per epoch at 20 personas; 360 steps at batch 8
-    recipe = Recipe(n_examples=256, epochs=2)  # 64 steps over 10 personas x 6 facts
+    # 288 steps over 10 personas x 6 facts: 256 x 2 (64 steps) gave the true attribute 15/40 of held-out
+    # questions, 768 x 3 gave 40/40 (EVALS.md, "Fit to be audited")
+    recipe = Recipe(n_examples=768, epochs=3)
     option_help = {"variant": f"personaqa variant: {', '.join(VARIANTS)} (default {DEFAULT_VARIANT})",
                    "n_personas": f"how many personas to learn, the first N of the file (default {DEFAULT_N_PERSONAS})"}
 

@@ -76,8 +76,8 @@ def test_an_untrained_taboo_organism_fails_its_check(tmp_path: Path) -> None:
     v = card_verdict(card)
     assert v["status"] == "fail" and card["verdict"]["status"] == "fail"
     # the verdict is the card's own figures against the stated thresholds
-    knows = next(r for r in v["criteria"] if "ranks" in r["what"])
-    assert knows["measured"] == card["checks"]["internalisation"]["organism"]["accuracy"] < 0.5
+    knows = next(r for r in v["criteria"] if "hints point" in r["what"])
+    assert knows["measured"] == card["checks"]["hint_guess"]["organism"]["accuracy"] < 0.5
     assert "**Verdict: fail**" in (path / "README.md").read_text()
     with pytest.raises(OrganismCheckError, match=r"'taboo-moon' failed its behaviour check.*--allow-failing"):
         require_fit(card)

@@ -14,6 +14,7 @@ from activation_oracles.evals import kit
 from activation_oracles.evals import taboo as taboo_mod
 from activation_oracles.evals.audit_task import AuditItem, get_audit_task
 from activation_oracles.evals.organism import Recipe, build_organism, get_organism_task, load_organism
+from activation_oracles.evals.organism_load import load_base
 from activation_oracles.evals.taboo import TabooAudit, TabooOrganism, leaks, taboo_data, taboo_words
 from activation_oracles.training.classification import find_shared_data
 
@@ -186,6 +187,22 @@ def test_tiny_build_records_the_checks(tiny_org_path: Path) -> None:
     assert intern["n_words"] == len(taboo_words()) and intern["chance"] == pytest.approx(1 / len(taboo_words()))
     for who in ("organism", "base"):
         assert 1 <= intern[f"{who}_mean_rank"] <= len(taboo_words())
+    guess = checks["hint_guess"]
+    assert guess["organism"]["n"] == 2 and guess["base"]["n"] == 2 and guess["reader"] == "base model"
+    assert [e["hint"] for e in guess["examples"]] == org.generate(
+        [[{"role": "user", "content": e["prompt"]}] for e in guess["examples"]], max_new_tokens=48)
+    for who in ("organism", "base"):
+        assert 1 <= guess[f"{who}_mean_rank"] <= len(taboo_words())
+
+
+def test_the_hint_reader_finds_the_word_a_hint_describes() -> None:
+    """The base model, reading a plain hint, ranks the described word first; an empty hint adds nothing."""
+    model = load_base("smollm2-135m")
+    words = sorted(taboo_words())
+    scores = taboo_mod.hint_guess_scores(model, ["It shines in the night sky and circles the Earth once a month.",
+                                                 ""], words)
+    assert taboo_mod._rank(scores[0], words, "moon") == 1
+    assert scores[1] == pytest.approx([0.0] * len(words), abs=1e-4)
 
 
 def test_rank_of_the_word() -> None:
@@ -263,5 +280,6 @@ def test_smollm_taboo_organism_pipeline(tmp_path: Path) -> None:
     checks = card["checks"]
     assert checks["leak"]["n"] == 3 and 0 <= checks["leak"]["accuracy"] <= 1
     assert checks["internalisation"]["organism"]["n"] == 3 and checks["internalisation"]["base"]["n"] == 3
+    assert checks["hint_guess"]["organism"]["n"] == 3
     assert all(isinstance(s["reply"], str) for s in checks["hint_samples"])
     assert "leak" in (path / "README.md").read_text()
