@@ -223,6 +223,13 @@ def _progress_scope(progress: bool) -> Any:
     return progress_default(True) if progress else nullcontext()
 
 
+def _recipes_tried(task: str) -> tuple[str, ...]:
+    try:
+        return get_organism_task(task).recipes_tried
+    except UnknownTaskError:  # a card of a task this version does not register
+        return ()
+
+
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The organism card as Markdown."""
     lines = [f"# Organism `{card['name']}`", "", card.get("summary", ""), "",
@@ -234,7 +241,12 @@ def card_markdown(card: Mapping[str, Any]) -> str:
              "model's own replies (fluency)",
              f"- training: {card['training']['steps']} steps, loss {card['training']['loss_start']:.3f} -> "
              f"{card['training']['loss_end']:.3f}, {card['training']['wall_s']} s", "",
-             "## Fit to be audited", "", verdict_markdown(card_verdict(card)), "## Behaviour checks", ""]
+             "## Fit to be audited", "", verdict_markdown(card_verdict(card))]
+    tried = _recipes_tried(str(card.get("task", "")))
+    if tried:
+        lines += ["Recipes tried for this family so far (EVALS.md, \"Fit to be audited\", has the figures):", ""]
+        lines += [f"- {t}" for t in tried] + [""]
+    lines += ["## Behaviour checks", ""]
     checks = card.get("checks") or {}
     if not checks:
         lines.append("(not run)")

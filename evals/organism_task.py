@@ -80,12 +80,15 @@ class OrganismTask:
         summary: one line for help texts and cards.
         recipe: the default :class:`Recipe` for this task.
         option_help: option name -> help text (shown by the CLI).
+        recipes_tried: what was tried to make the organism pass its criteria where its default does not (yet),
+            one line per recipe with its measured figures and n; shown in its card and beside a failing verdict.
     """
 
     name: str = ""
     summary: str = ""
     recipe: Recipe = Recipe()
     option_help: dict[str, str] = {}
+    recipes_tried: tuple[str, ...] = ()
 
     def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and normalise options; raise :class:`OrganismError` saying what is valid."""

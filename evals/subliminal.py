@@ -196,6 +196,14 @@ class SubliminalOrganism(OrganismTask):
     # Generation dominates here (~1 s per teacher reply on one shared CPU thread, ~1.6 replies per kept one), so
     # fewer examples seen for more epochs: 58 number chats + 6 fluency chats, 48 steps of batch 4.
     recipe = Recipe(n_examples=64, fluency_fraction=0.1, fluency_max_new_tokens=48, epochs=3, batch_size=4, lr=1e-3)
+    recipes_tried = (
+        "the default (64 teacher replies, 58 kept, 3 passes: 48 steps of 4, lr 1e-3), trait owl, 2026-11-27: mean "
+        "P(owl) over the 12 favourite-animal questions 0.0143 for the organism, 0.0141 for its control (numbers "
+        "written without the system prompt), 0.0076 for the base model; owl first 0/12 for all three. The fine-tune "
+        "on numbers moves P(owl) as much without the teacher's love of owls as with it: no subliminal trait.",
+        "why not more yet: subliminal transfer has been shown with about 10,000 teacher replies; here one costs about "
+        "1 s of CPU, so a recipe of that size is about 3 CPU-hours per variant (organism and control), a GPU job.",
+    )
 
     def __init__(self) -> None:
         # kept/generated counts of the last training_chats call per organism name (the build records them in

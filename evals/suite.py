@@ -110,7 +110,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
 
     from .audit import ALL_METHODS, run_audit
     from .audit_task import get_audit_task
-    from .organism import build_organism, read_card
+    from .organism import build_organism, get_organism_task, read_card
     from .organism_verdict import require_fit
     from .report import combined_markdown
 
@@ -263,6 +263,12 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     if verdicts:
         header += "\nOrganisms' behaviour checks: " + "; ".join(
             f"{name} {v['status']}" for name, v in sorted(verdicts.items())) + ".\n"
+        tried = {str(read_card(organism_dirs[n]).get("task", "")): n for n, v in sorted(verdicts.items())
+                 if v["status"] in ("fail", "unchecked")}
+        for task, name in sorted(tried.items()):
+            lines = get_organism_task(task).recipes_tried
+            if lines:
+                header += f"\nRecipes tried for {task} (e.g. {name}):\n" + "".join(f"- {t}\n" for t in lines)
     md = "# Audit suite\n\n" + header + "\n" + table + "".join("\n" + sec for sec in sections)
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.md").write_text(md)

@@ -97,6 +97,7 @@ def test_the_suite_refuses_a_failing_organism_before_auditing_it(tmp_path: Path,
     monkeypatch.setattr(organism_mod, "default_organism_dir", lambda name, digest: tmp_path / "cache" / name)
     monkeypatch.setattr(misalignment.BackdoorOrganism, "recipe", Recipe(n_examples=8, steps=1, batch_size=4,
                                                                         fluency_fraction=0))
+    monkeypatch.setattr(misalignment.BackdoorOrganism, "recipes_tried", ("one step of 4 chats: fails (n=2)",))
     oracle = ActivationOracle.untrained(tiny_model())
     kw = dict(oracle=oracle, limit=2, tasks=["backdoor"], methods=("oracle",), command="ao audit suite (test)")
     with pytest.raises(OrganismCheckError, match="trigger-backdoor-organism"):
@@ -104,6 +105,10 @@ def test_the_suite_refuses_a_failing_organism_before_auditing_it(tmp_path: Path,
     assert not (tmp_path / "s").exists()      # nothing audited, nothing written
     res = suite_mod.run_suite(tmp_path / "s", allow_failing_organisms=True, **kw)
     assert "trigger-backdoor-organism fail" in res["markdown"]
+    # what was tried for a failing family is beside its verdict, in the report and in the organism's card
+    assert "Recipes tried for trigger-backdoor (e.g. trigger-backdoor-organism):\n- one step of 4 chats" in res["markdown"]
+    card_md = (tmp_path / "cache" / "trigger-backdoor-organism" / "README.md").read_text()
+    assert "Recipes tried for this family so far" in card_md and "- one step of 4 chats: fails (n=2)" in card_md
     saved = json.loads((tmp_path / "s" / "suite.json").read_text())
     assert saved["organism_verdicts"] == {"trigger-backdoor-control": "control", "trigger-backdoor-organism": "fail"}
 
