@@ -40,6 +40,7 @@ import torch
 from activation_oracles.errors import BaseMismatchError, ConfigError, OrganismError
 
 from .audit import MODES, mode_view
+from .interval_plot import plot_results
 from .report import prepare_out_dir, write_results
 from .stats import auroc, auroc_row, bootstrap_interval
 
@@ -250,6 +251,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
                "notes": [], "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
     if out_path is not None:
         write_results(out_path, results, diffing_markdown(results))
+        plot_results(out_path)
     return results
 
 
@@ -269,6 +271,7 @@ def diffing_markdown(results: dict[str, Any]) -> str:
                  f"{'yes' if t['trait_specific'] else 'no'}") if t else "- | - | not measured (no twin)"
         lines.append(f"| {a['pair']} | {a['question']} | {a['method']} | {a['mode']} | "
                      f"{a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}] | {extra} |")
+    lines += ["", "![AUROC per pair, method and mode](plot_auroc.png)"]
     if results.get("open_answers"):
         lines += ["", f"## Open answers to \"{results['config']['open_question']}\" (difference vectors, full mode)",
                   ""]

@@ -27,6 +27,7 @@ import torch
 from activation_oracles.errors import ConfigError, DataError
 
 from .audit import MODES, mode_view
+from .interval_plot import plot_results
 from .report import prepare_out_dir, write_results
 from .stats import auroc_row
 
@@ -134,6 +135,7 @@ def run_truthfulqa_audit(*, oracle: Any = "smollm2-135m", data_dir: str | os.Pat
                "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
     if out_path is not None:
         write_results(out_path, results, truthfulqa_markdown(results))
+        plot_results(out_path)
     return results
 
 
@@ -146,4 +148,5 @@ def truthfulqa_markdown(results: dict[str, Any]) -> str:
              "| method | mode | AUROC |", "|---|---|---:|"]
     for a in results["aggregates"]:
         lines.append(f"| {a['method']} | {a['mode']} | {a['auroc']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}] |")
+    lines += ["", "![AUROC per method and mode](plot_auroc.png)"]
     return "\n".join(lines) + "\n"

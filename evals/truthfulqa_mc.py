@@ -25,6 +25,7 @@ from typing import Any
 
 from activation_oracles.errors import ConfigError, DataError
 
+from .interval_plot import plot_results
 from .report import prepare_out_dir, write_results
 from .truthfulqa import percentile, load_truthfulqa, mc_scores, summarise
 
@@ -98,6 +99,7 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
                "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
     if out_path is not None:
         write_results(out_path, results, truthfulqa_mc_markdown(results))
+        plot_results(out_path)
     return results
 
 
@@ -121,6 +123,7 @@ def truthfulqa_mc_markdown(results: dict[str, Any]) -> str:
             cells.append("" if d is None else f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, "
                                                 f"{100 * d['ci_high']:+.1f}]")
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    lines += ["", "![MC1 and MC2 per model](plot_mc.png)"]
     return "\n".join(lines) + "\n"
 
 

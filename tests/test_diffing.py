@@ -46,6 +46,7 @@ def test_diffing_reports_auroc_per_method_and_mode(tmp_path, pair, oracle) -> No
     saved = json.loads((tmp_path / "d" / "results.json").read_text())
     assert saved["task"] == "diffing" and saved["open_answers"]
     assert "| oracle | full |" in (tmp_path / "d" / "report.md").read_text()
+    assert (tmp_path / "d" / "plot_auroc.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_diffing_pair_of_two_tasks(tmp_path, pair, oracle, data_dir) -> None:

@@ -38,7 +38,7 @@ MODULES = [
     "activation_oracles.training.config_io", "activation_oracles.training.schedule", "activation_oracles.evals.organism", "activation_oracles.evals.personaqa",
     "activation_oracles.evals.ssc", "activation_oracles.evals.truthfulqa_mc", "activation_oracles.training.checkpoint",
     "activation_oracles.training.cli", "activation_oracles.training.trainer", "activation_oracles.training.warm_start",
-    "activation_oracles.training.data_prep", "activation_oracles.evals.organism_verdict",
+    "activation_oracles.training.data_prep", "activation_oracles.evals.organism_verdict", "activation_oracles.evals.interval_plot",
 ]
 
 

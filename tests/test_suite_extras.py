@@ -95,6 +95,7 @@ def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, emb
     assert "## Model diffing audit" in md and "trigger-backdoor-organism vs trigger-backdoor-control" in md
     assert "## TruthfulQA MC1 / MC2 per model" in md
     mc = json.loads((tmp_path / "s" / "truthfulqa-mc" / "results.json").read_text())
+    assert (tmp_path / "s" / "truthfulqa-mc" / "plot_mc.png").is_file() and (tmp_path / "s" / "diffing" / "plot_auroc.png").is_file()
     # the base and both organisms the suite used (the backdoor audit's and the diffing pair's, built once)
     assert [r["model"] for r in mc["rows"]] == ["base", "trigger-backdoor-control", "trigger-backdoor-organism"]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["trigger-backdoor-control", "trigger-backdoor-control-twin",
