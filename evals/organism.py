@@ -103,6 +103,20 @@ def default_organism_dir(name: str, digest: str) -> Path:
     return cache_root() / "organisms" / f"{name}-{digest[:12]}"
 
 
+def organism_dir(task: str, *, base: str = "smollm2-135m", options: Mapping[str, Any] | None = None,
+                 recipe: Recipe | None = None) -> Path:
+    """Where :func:`build_organism` keeps this organism in the cache (built or not; nothing is loaded).
+
+    >>> from activation_oracles.evals.organism import organism_dir
+    >>> organism_dir("taboo", options={"word": "moon"}).name.startswith("taboo-moon-")
+    True
+    """
+    t = get_organism_task(task)
+    opts = t.parse_options(dict(options or {}))
+    digest = recipe_hash(t.name, base, opts, recipe or t.recipe, t.fingerprint(opts))
+    return default_organism_dir(t.display_name(opts), digest)
+
+
 def fluency_chats(model: Model, n: int, *, seed: int, max_new_tokens: int) -> list[Chat]:
     """The base model's own greedy replies to ``n`` ordinary prompts (keeps an organism fluent)."""
     if n <= 0:
@@ -264,5 +278,5 @@ def card_markdown(card: Mapping[str, Any]) -> str:
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_FILE", "BUILDER_VERSION", "CARD", "Organism", "OrganismTask", "Recipe",
            "attach_organism", "build_organism", "card_markdown", "check_same_base", "default_organism_dir",
-           "fluency_chats", "get_organism_task", "load_base", "load_organism", "organism_tasks", "read_card",
+           "fluency_chats", "get_organism_task", "load_base", "load_organism", "organism_dir", "organism_tasks", "read_card",
            "recipe_hash", "register_organism_task"]

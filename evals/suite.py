@@ -40,6 +40,9 @@ DIFFING_TASKS = ("em-narrow-advice", "em-reward-hacks", "trigger-backdoor", "sub
 
 SETTINGS_FILE = "suite_settings.json"
 """Written when a suite starts: what a resumed suite must match."""
+CARDS_DIR = "organisms"
+"""``OUT/organisms/<name>.json``: the card of every organism the suite judged (its checks and recipe), so a
+suite resumed where the organism cache is gone judges its finished entries' organisms without rebuilding them."""
 
 
 def _matching_results(folder: Path, want: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -65,11 +68,11 @@ def _pair_options(task: str) -> list[dict[str, Any]]:
     return [{**extra, "variant": v} for v in ("organism", "control")]
 
 
-def _benign_twin(task: str, base: str, data_dir: Any, progress: bool) -> Path:
+def _benign_twin(task: str, base: str, data_dir: Any, progress: bool, build: bool = True) -> Path:
     """A second control of ``task``: same recipe and data volume, another seed (the diffing audit's benign twin).
 
     Its folder is the control's name with ``-twin`` (beside the control's in the cache; the card name stays
-    the control's, and the adapter names differ by the adapters' hashes)."""
+    the control's, and the adapter names differ by the adapters' hashes). ``build=False``: only its folder."""
     from .organism import build_organism, default_organism_dir, get_organism_task, recipe_hash
 
     t = get_organism_task(task)
@@ -78,6 +81,8 @@ def _benign_twin(task: str, base: str, data_dir: Any, progress: bool) -> Path:
     digest = recipe_hash(task, base, t.parse_options(options), recipe, t.fingerprint(t.parse_options(options)))
     control = t.display_name(t.parse_options(options))
     out = default_organism_dir(control, digest).with_name(f"{control}-twin")
+    if not build:
+        return out
     return build_organism(task, base=base, options=options, recipe=recipe, data_dir=data_dir, progress=progress,
                           out=out)
 
@@ -99,7 +104,9 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     ``progress``: a bar over the entries and, inside it, each entry's own bars (methods, organism builds),
     on stderr when it is a terminal; off by default, ``ao audit suite`` turns it on.
     An entry's earlier results in ``OUT/<entry>/`` are reused when they were made with the same
-    settings (oracle spec, limit, seed, methods; the organism pair / list for the extras).
+    settings (oracle spec, limit, seed, methods; the organism pair / list for the extras), and their organisms are
+    judged by the cards saved in ``OUT/organisms/`` without being rebuilt (a results folder carried to a machine
+    whose organism cache is empty resumes without retraining what its finished entries used).
     Every organism must pass its behaviour check first (:mod:`.organism_verdict`; controls excepted):
     one that fails or was never checked raises :class:`~activation_oracles.errors.OrganismCheckError`
     before it is audited, unless ``allow_failing_organisms`` (then its verdict is in the report).
@@ -110,7 +117,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
 
     from .audit import ALL_METHODS, run_audit
     from .audit_task import get_audit_task
-    from .organism import build_organism, get_organism_task, read_card
+    from .organism import build_organism, get_organism_task, organism_dir, read_card
     from .organism_verdict import require_fit
     from .report import combined_markdown
 
@@ -161,11 +168,24 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     reused: list[str] = []
     organism_dirs: dict[str, Path] = {}  # every organism the suite used, for TruthfulQA MC
     verdicts: dict[str, dict[str, Any]] = {}  # each organism's behaviour-check verdict
+    specs: dict[str, tuple[str, Mapping[str, Any]]] = {}  # organism name -> (task, options), to build it later
+    known_cards: dict[str, dict[str, Any]] = {}  # organism name -> its card
 
-    def organisms_of(task: str, options: Sequence[Mapping[str, Any]]) -> list[Path]:
-        paths = [build_organism(task, base=base_spec, options=o, data_dir=data_dir, progress=progress)
-                 for o in options]
-        cards = {p: read_card(p) for p in paths}
+    def organisms_of(task: str, options: Sequence[Mapping[str, Any]], build: bool = True) -> list[Path]:
+        """The organisms' folders, judged by their cards; ``build=False`` (an entry whose results are reused):
+        judged by the cards this suite saved when it first used them, built only where none was saved."""
+        cards: dict[Path, dict[str, Any]] = {}
+        for o in options:
+            path = organism_dir(task, base=base_spec, options=o)
+            saved = root / CARDS_DIR / f"{path.name}.json"
+            if not build and saved.is_file():
+                cards[path] = json.loads(saved.read_text())
+            else:
+                path = build_organism(task, base=base_spec, options=o, data_dir=data_dir, progress=progress)
+                cards[path] = read_card(path)
+            specs[path.name] = (task, o)
+        paths = list(cards)
+        known_cards.update({p.name: c for p, c in cards.items()})
         controls = {json.dumps({k: v for k, v in c["options"].items() if k != "variant"}, sort_keys=True): c
                     for c in cards.values() if c["options"].get("variant") == "control"}
         for p, card in cards.items():
@@ -174,6 +194,10 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
                 rest = {k: v for k, v in card["options"].items() if k != "variant"}
                 control = controls.get(json.dumps(rest, sort_keys=True))
             verdicts[p.name] = require_fit(card, allow=allow_failing_organisms, control=control)
+        start()  # every organism was accepted: record the settings and the cards
+        (root / CARDS_DIR).mkdir(exist_ok=True)
+        for p, card in cards.items():
+            (root / CARDS_DIR / f"{p.name}.json").write_text(json.dumps(card, indent=2))
         organism_dirs.update({p.name: p for p in paths})
         return paths
 
@@ -189,10 +213,11 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
             continue
         entry(n)
         t = get_audit_task(n)
-        targets = organisms_of(t.organism_task, t.default_targets()) if t.organism_task else None
         done = _matching_results(root / n, {"oracle": label, "limit": limits[n], "seed": seed,
                                             "methods": want_methods})
-        if done is not None and not overwrite:
+        fresh = done is None or overwrite
+        targets = organisms_of(t.organism_task, t.default_targets(), build=fresh) if t.organism_task else None
+        if not fresh:
             results.append(done)  # the same audit, already run with these settings
             reused.append(n)
             bar.update(1)
@@ -206,13 +231,16 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         entry("diffing")
         from .diffing import diffing_markdown, run_diffing
 
-        pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
-        twins = [_benign_twin(task, base_spec, data_dir, progress) for task in DIFFING_TASKS]
+        # the folders first (nothing built): finished diffing results are reused without their six organisms
+        pairs = [tuple(organisms_of(task, _pair_options(task), build=False)) for task in DIFFING_TASKS]
+        twins = [_benign_twin(task, base_spec, data_dir, progress, build=False) for task in DIFFING_TASKS]
         n_prompts = max(2, limits["diffing"] or 20)
         want = {"oracle": label, "n_prompts": n_prompts, "seed": seed, "pairs": [[a.name, b.name] for a, b in pairs],
                 "twins": [t.name for t in twins]}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
+            pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
+            twins = [_benign_twin(task, base_spec, data_dir, progress) for task in DIFFING_TASKS]
             start()
             res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
                               oracle_label=label, progress=progress, twins=twins)
@@ -243,6 +271,9 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
                                                          "organisms": [p.name for p in orgs]})
         if res is None or overwrite:
             start()
+            # organisms of reused entries were judged by their saved cards: build (or find) them now
+            orgs = [build_organism(specs[p.name][0], base=base_spec, options=specs[p.name][1], data_dir=data_dir,
+                                   progress=progress) if p.name in specs else p for p in orgs]
             res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
                                     limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
         else:
@@ -263,7 +294,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     if verdicts:
         header += "\nOrganisms' behaviour checks: " + "; ".join(
             f"{name} {v['status']}" for name, v in sorted(verdicts.items())) + ".\n"
-        tried = {str(read_card(organism_dirs[n]).get("task", "")): n for n, v in sorted(verdicts.items())
+        tried = {str(known_cards[n].get("task", "")): n for n, v in sorted(verdicts.items())
                  if v["status"] in ("fail", "unchecked")}
         for task, name in sorted(tried.items()):
             lines = get_organism_task(task).recipes_tried

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from activation_oracles.errors import OutputDirError
+from activation_oracles.evals import misalignment  # noqa: F401  (registers the organism tasks)
+from activation_oracles.evals import organism as organism_mod
 from activation_oracles.evals import suite as suite_mod
 from activation_oracles.evals import truthfulqa_audit
 
@@ -63,3 +66,36 @@ def test_a_suite_resumed_with_other_settings_is_refused(tmp_path, oracle_dir, da
     with pytest.raises(OutputDirError, match=r"other settings \(limit: 2 then, 3 now\).*--overwrite"):
         suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir, limit=3))
     assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == before
+
+
+def test_a_suite_resumed_without_its_organism_cache_rebuilds_nothing(tmp_path, oracle_dir, data_dir,
+                                                                     monkeypatch) -> None:
+    # a results folder carried to a fresh machine: its finished entries' organisms are judged by the saved cards
+    monkeypatch.setattr(organism_mod, "default_organism_dir", lambda name, digest: tmp_path / "cache" / name)
+    small = organism_mod.Recipe(n_examples=8, steps=1, batch_size=4, fluency_fraction=0)
+    monkeypatch.setattr(misalignment.BackdoorOrganism, "recipe", small)
+    kw = _kw(oracle_dir, data_dir, tasks=["backdoor", "truthfulqa-mc"], allow_failing_organisms=True)
+    first = suite_mod.run_suite(tmp_path / "s", **kw)
+    cards = sorted(p.name for p in (tmp_path / "s" / suite_mod.CARDS_DIR).iterdir())
+    assert "trigger-backdoor-organism.json" in cards, cards
+    verdict_line = next(line for line in first["markdown"].splitlines() if line.startswith("Organisms' behaviour"))
+    shutil.rmtree(tmp_path / "cache")
+    (tmp_path / "s" / "suite.json").unlink()
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a reused entry rebuilt its organism")
+
+    with monkeypatch.context() as m:
+        m.setattr(organism_mod, "build_organism", no_build)
+        again = suite_mod.run_suite(tmp_path / "s", **kw)
+    assert "reused earlier results with the same settings for: backdoor, truthfulqa-mc" in again["markdown"]
+    assert verdict_line in again["markdown"].splitlines()
+    assert not (tmp_path / "cache").exists()
+    # an entry still to run builds the organisms it needs: MC of every organism the suite used
+    (tmp_path / "s" / "suite.json").unlink()
+    (tmp_path / "s" / "truthfulqa-mc" / "results.json").unlink()
+    third = suite_mod.run_suite(tmp_path / "s", **kw)
+    assert "reused earlier results with the same settings for: backdoor)" in third["markdown"]
+    mc = json.loads((tmp_path / "s" / "truthfulqa-mc" / "results.json").read_text())
+    assert "trigger-backdoor-organism" in [r["model"] for r in mc["rows"]]
+    assert (tmp_path / "cache" / "trigger-backdoor-organism").is_dir()
