@@ -215,6 +215,10 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         t = get_audit_task(n)
         done = _matching_results(root / n, {"oracle": label, "limit": limits[n], "seed": seed,
                                             "methods": want_methods})
+        if done is not None and t.organism_task:
+            used = [organism_dir(t.organism_task, base=base_spec, options=o).name for o in t.default_targets()]
+            if not all((root / CARDS_DIR / f"{u}.json").is_file() for u in used):
+                done = None  # made with other organisms (their recipe changed since) or before cards were saved
         fresh = done is None or overwrite
         targets = organisms_of(t.organism_task, t.default_targets(), build=fresh) if t.organism_task else None
         if not fresh:
@@ -267,8 +271,10 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         from .truthfulqa_mc import run_truthfulqa_mc, truthfulqa_mc_markdown
 
         orgs = [organism_dirs[k] for k in sorted(organism_dirs)]
-        res = _matching_results(root / "truthfulqa-mc", {"limit": limits["truthfulqa-mc"], "seed": seed,
-                                                         "organisms": [p.name for p in orgs]})
+        # by card name and recipe (MC's config records both): the same organisms, wherever their folders are
+        res = _matching_results(root / "truthfulqa-mc", {
+            "limit": limits["truthfulqa-mc"], "seed": seed, "organisms": [known_cards[p.name]["name"] for p in orgs],
+            "recipe_hashes": [str(known_cards[p.name].get("recipe_hash", ""))[:12] for p in orgs]})
         if res is None or overwrite:
             start()
             # organisms of reused entries were judged by their saved cards: build (or find) them now

@@ -71,13 +71,14 @@ def test_a_suite_resumed_with_other_settings_is_refused(tmp_path, oracle_dir, da
 def test_a_suite_resumed_without_its_organism_cache_rebuilds_nothing(tmp_path, oracle_dir, data_dir,
                                                                      monkeypatch) -> None:
     # a results folder carried to a fresh machine: its finished entries' organisms are judged by the saved cards
-    monkeypatch.setattr(organism_mod, "default_organism_dir", lambda name, digest: tmp_path / "cache" / name)
+    monkeypatch.setattr(organism_mod, "default_organism_dir",
+                        lambda name, digest: tmp_path / "cache" / f"{name}-{digest[:6]}")
     small = organism_mod.Recipe(n_examples=8, steps=1, batch_size=4, fluency_fraction=0)
     monkeypatch.setattr(misalignment.BackdoorOrganism, "recipe", small)
     kw = _kw(oracle_dir, data_dir, tasks=["backdoor", "truthfulqa-mc"], allow_failing_organisms=True)
     first = suite_mod.run_suite(tmp_path / "s", **kw)
     cards = sorted(p.name for p in (tmp_path / "s" / suite_mod.CARDS_DIR).iterdir())
-    assert "trigger-backdoor-organism.json" in cards, cards
+    assert any(c.startswith("trigger-backdoor-organism-") for c in cards), cards
     verdict_line = next(line for line in first["markdown"].splitlines() if line.startswith("Organisms' behaviour"))
     shutil.rmtree(tmp_path / "cache")
     (tmp_path / "s" / "suite.json").unlink()
@@ -98,4 +99,10 @@ def test_a_suite_resumed_without_its_organism_cache_rebuilds_nothing(tmp_path, o
     assert "reused earlier results with the same settings for: backdoor)" in third["markdown"]
     mc = json.loads((tmp_path / "s" / "truthfulqa-mc" / "results.json").read_text())
     assert "trigger-backdoor-organism" in [r["model"] for r in mc["rows"]]
-    assert (tmp_path / "cache" / "trigger-backdoor-organism").is_dir()
+    assert any(p.name.startswith("trigger-backdoor-organism-") for p in (tmp_path / "cache").iterdir())
+    # the organisms' recipe changed: the entry made with the old ones is run again, on the new ones
+    (tmp_path / "s" / "suite.json").unlink()
+    monkeypatch.setattr(misalignment.BackdoorOrganism, "recipe", replace(small, seed=small.seed + 1))
+    fourth = suite_mod.run_suite(tmp_path / "s", **kw)
+    assert "for: backdoor" not in fourth["markdown"]
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.name.startswith("trigger-backdoor-organism-")]) == 2
