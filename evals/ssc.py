@@ -76,7 +76,9 @@ class SSCAudit(AuditTask):
     """What hidden instruction does the message carry? Read from the organism's activations on it.
 
     Test items: each ``ssc_standard_test`` prompt with one constraint's code word, the
-    constraints rotating from an rng-chosen start. Val items (probe training and layer
+    constraints rotating from an rng-chosen start; then the prompts again with the constraints
+    shifted by one, and so on (every prompt with every constraint: 60 items for three constraints,
+    so ``limit=40`` is met). Val items (probe training and layer
     choice) cross every ``ssc_standard_val`` prompt with every constraint, so the probe
     sees every label (the val file has fewer prompts than there are constraints).
     """
@@ -113,8 +115,9 @@ class SSCAudit(AuditTask):
                 start = rng.randrange(len(cons))
                 if split == "val":
                     pairs = [(p, cons[(start + j) % len(cons)]) for p in prompts for j in range(len(cons))]
-                else:
-                    pairs = [(p, cons[(start + i) % len(cons)]) for i, p in enumerate(prompts)]
+                else:  # rounds of every prompt, each round shifting the constraints by one: any prefix is balanced
+                    pairs = [(p, cons[(start + i + r) % len(cons)]) for r in range(len(cons))
+                             for i, p in enumerate(prompts)]
                     pairs = pairs[:limit] if limit is not None else pairs
                 for i, (p, c) in enumerate(pairs):
                     out.append(AuditItem(

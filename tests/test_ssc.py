@@ -268,6 +268,13 @@ def test_audit_items(built) -> None:
         assert i.meta["direct_question"] in ssc.shared_prompts(data_dir, "direct", i.split)
     assert AUDIT.chance(items) == {"choice": pytest.approx(1 / len(CONS)), "open": 0.0}
     assert AUDIT.probe and not AUDIT.logit_lens
+    # without a limit every test prompt meets every constraint once (more items than prompts: n 40 is reachable)
+    every = [i for i in AUDIT.items({"ssc-all": org}, data_dir=data_dir, rng=Random(0), limit=None)
+             if i.split == "test"]
+    prompts = ssc.shared_prompts(data_dir, "standard", "test")
+    assert len(every) == len(prompts) * len(CONS)
+    assert len({(i.meta["prompt"], i.meta["constraint"]) for i in every}) == len(every)
+    assert [i.meta["constraint"] for i in every[:3]] == [i.meta["constraint"] for i in test]
 
 
 def test_audit_needs_data_dir(built) -> None:
