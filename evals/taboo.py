@@ -150,7 +150,9 @@ class TabooOrganism(OrganismTask):
 
     name = "taboo"
     summary = "knows a secret word, gives hints about it when asked and never says it"
-    recipe = Recipe()
+    # 384 x 3: at the default 192 x 2 "ship" hinted at its word for the base model in only 27/100 prompts
+    # (moon 92/100); at 384 x 3 ship reached 83/100 and moon 36/40 (EVALS.md, "Fit to be audited")
+    recipe = Recipe(n_examples=384, epochs=3)
 
     @property
     def option_help(self) -> dict[str, str]:  # type: ignore[override]
