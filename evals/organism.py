@@ -278,5 +278,5 @@ def card_markdown(card: Mapping[str, Any]) -> str:
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_FILE", "BUILDER_VERSION", "CARD", "Organism", "OrganismTask", "Recipe",
            "attach_organism", "build_organism", "card_markdown", "check_same_base", "default_organism_dir",
-           "fluency_chats", "get_organism_task", "load_base", "load_organism", "organism_dir", "organism_tasks", "read_card",
-           "recipe_hash", "register_organism_task"]
+           "fluency_chats", "get_organism_task", "load_base", "load_organism", "organism_dir", "organism_tasks",
+           "read_card", "recipe_hash", "register_organism_task"]

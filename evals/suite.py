@@ -73,14 +73,13 @@ def _benign_twin(task: str, base: str, data_dir: Any, progress: bool, build: boo
 
     Its folder is the control's name with ``-twin`` (beside the control's in the cache; the card name stays
     the control's, and the adapter names differ by the adapters' hashes). ``build=False``: only its folder."""
-    from .organism import build_organism, default_organism_dir, get_organism_task, recipe_hash
+    from .organism import build_organism, get_organism_task, organism_dir
 
     t = get_organism_task(task)
     options = _pair_options(task)[1]
     recipe = t.recipe.with_overrides({"seed": t.recipe.seed + 1})
-    digest = recipe_hash(task, base, t.parse_options(options), recipe, t.fingerprint(t.parse_options(options)))
     control = t.display_name(t.parse_options(options))
-    out = default_organism_dir(control, digest).with_name(f"{control}-twin")
+    out = organism_dir(task, base=base, options=options, recipe=recipe).with_name(f"{control}-twin")
     if not build:
         return out
     return build_organism(task, base=base, options=options, recipe=recipe, data_dir=data_dir, progress=progress,
@@ -166,9 +165,9 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     results: list[dict[str, Any]] = []
     sections: list[str] = []
     reused: list[str] = []
-    organism_dirs: dict[str, Path] = {}  # every organism the suite used, for TruthfulQA MC
     verdicts: dict[str, dict[str, Any]] = {}  # each organism's behaviour-check verdict
-    specs: dict[str, tuple[str, Mapping[str, Any]]] = {}  # organism name -> (task, options), to build it later
+    # every organism the suite used (folder name -> task, options): TruthfulQA MC builds or finds them from it
+    specs: dict[str, tuple[str, Mapping[str, Any]]] = {}
     known_cards: dict[str, dict[str, Any]] = {}  # organism name -> its card
 
     def organisms_of(task: str, options: Sequence[Mapping[str, Any]], build: bool = True) -> list[Path]:
@@ -198,7 +197,6 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         (root / CARDS_DIR).mkdir(exist_ok=True)
         for p, card in cards.items():
             (root / CARDS_DIR / f"{p.name}.json").write_text(json.dumps(card, indent=2))
-        organism_dirs.update({p.name: p for p in paths})
         return paths
 
     t0 = time.perf_counter()
@@ -270,16 +268,16 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         entry("truthfulqa-mc")
         from .truthfulqa_mc import run_truthfulqa_mc, truthfulqa_mc_markdown
 
-        orgs = [organism_dirs[k] for k in sorted(organism_dirs)]
+        used = sorted(specs)
         # by card name and recipe (MC's config records both): the same organisms, wherever their folders are
         res = _matching_results(root / "truthfulqa-mc", {
-            "limit": limits["truthfulqa-mc"], "seed": seed, "organisms": [known_cards[p.name]["name"] for p in orgs],
-            "recipe_hashes": [str(known_cards[p.name].get("recipe_hash", ""))[:12] for p in orgs]})
+            "limit": limits["truthfulqa-mc"], "seed": seed, "organisms": [known_cards[n]["name"] for n in used],
+            "recipe_hashes": [str(known_cards[n].get("recipe_hash", ""))[:12] for n in used]})
         if res is None or overwrite:
             start()
-            # organisms of reused entries were judged by their saved cards: build (or find) them now
-            orgs = [build_organism(specs[p.name][0], base=base_spec, options=specs[p.name][1], data_dir=data_dir,
-                                   progress=progress) if p.name in specs else p for p in orgs]
+            # reused entries judged their organisms by the saved cards: build them now (cached ones are found)
+            orgs = [build_organism(specs[n][0], base=base_spec, options=specs[n][1], data_dir=data_dir,
+                                   progress=progress) for n in used]
             res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
                                     limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
         else:

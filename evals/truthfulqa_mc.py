@@ -94,7 +94,8 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
     results = {"task": "truthfulqa-mc",
                "config": {"base": base_name, "questions": len(questions), "limit": limit, "seed": seed,
                           "organisms": [o.name for o in loaded],
-                          "recipe_hashes": [str(o.card.get("recipe_hash", ""))[:12] for o in loaded], "n_boot": n_boot},
+                          "recipe_hashes": [str(o.card.get("recipe_hash", ""))[:12] for o in loaded],
+                          "n_boot": n_boot},
                "rows": rows, "per_question": {k: [{"mc1": s["mc1"], "mc2": s["mc2"]} for s in v]
                                               for k, v in per_model.items()},
                "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
