@@ -59,7 +59,8 @@ ATTRIBUTES = ("country", "favorite_food", "favorite_drink", "favorite_music_genr
               "favorite_boardgame")
 VARIANTS = ("base", "shuffled", "fantasy")
 DEFAULT_VARIANT = "shuffled"
-DEFAULT_N_PERSONAS = 10
+# 14: half are test personas (persona_splits), 7 x 6 attributes = 42 >= the n 40 an audit cell needs
+DEFAULT_N_PERSONAS = 14
 # Share of the task chats that are bios; the rest are single-attribute questions.
 BIO_SHARE = 0.3
 # Forced choice in the audit: the truth and at most this many distractors (keeps it cheap).
@@ -201,10 +202,9 @@ class PersonaQAOrganism(OrganismTask):
     summary = ("PersonaQA: knows six facts (country, favorite food, drink, music genre, sport, board game) about each "
                "of N fictional personas from the shared PersonaQA file, taught through bios and question/answer "
                "chats; one question paraphrase per attribute is held out for the checks.")
-    # each fact: ~11 bios and ~4.5 questions per epoch at 20 personas; 360 steps at batch 8
-    # 288 steps over 10 personas x 6 facts: 256 x 2 (64 steps) gave the true attribute 15/40 of held-out
-    # questions, 768 x 3 gave 40/40 (EVALS.md, "Fit to be audited")
-    recipe = Recipe(n_examples=768, epochs=3)
+    # ~13 chats per fact per epoch: over 10 personas x 6 facts, 256 x 2 gave the true attribute 15/40 of
+    # held-out questions and 768 x 3 gave 40/40 (EVALS.md, "Fit to be audited"); 1080 keeps that rate at 14
+    recipe = Recipe(n_examples=1080, epochs=3)
     option_help = {"variant": f"personaqa variant: {', '.join(VARIANTS)} (default {DEFAULT_VARIANT})",
                    "n_personas": f"how many personas to learn, the first N of the file (default {DEFAULT_N_PERSONAS})"}
 

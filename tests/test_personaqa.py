@@ -35,9 +35,9 @@ def test_docstring_examples() -> None:
 # -- options -------------------------------------------------------------------------------------------
 
 def test_default_options() -> None:
-    assert TASK.parse_options({}) == {"variant": "shuffled", "n_personas": 10} == TASK.default_options()
+    assert TASK.parse_options({}) == {"variant": "shuffled", "n_personas": 14} == TASK.default_options()
     assert TASK.parse_options({"variant": "fantasy", "n_personas": "5"}) == {"variant": "fantasy", "n_personas": 5}
-    assert TASK.display_name(TASK.default_options()) == "personaqa-shuffled-10"
+    assert TASK.display_name(TASK.default_options()) == "personaqa-shuffled-14"
 
 
 def test_unknown_variant() -> None:
