@@ -43,6 +43,31 @@ SETTINGS_FILE = "suite_settings.json"
 CARDS_DIR = "organisms"
 """``OUT/organisms/<name>.json``: the card of every organism the suite judged (its checks and recipe), so a
 suite resumed where the organism cache is gone judges its finished entries' organisms without rebuilding them."""
+TIMINGS_FILE = "timings.json"
+"""``OUT/timings.json``: each entry's wall time (its organism builds included) on the run that made it, with the
+date and machine; a resumed suite keeps the times of the entries it reuses, so their sum is the suite's cost."""
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    return {"machine": platform.processor() or platform.machine(), "system": platform.system(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def timings_markdown(timings: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line per timed entry and their sum (the whole suite's wall time, however many runs it took).
+
+    >>> print(timings_markdown({"gender": {"wall_s": 1440.0, "date": "2026-12-06", "cpu_count": 2}}))
+    Wall time per entry (organism builds included; each on the run that made it): gender 24.0 min (2026-12-06, 2 CPU cores); all timed entries 24.0 min.
+    """
+    if not timings:
+        return ""
+    parts = [f"{k} {v['wall_s'] / 60:.1f} min ({v.get('date', '?')}, {v.get('cpu_count', '?')} CPU cores)"
+             for k, v in timings.items()]
+    total = sum(float(v["wall_s"]) for v in timings.values())
+    return ("Wall time per entry (organism builds included; each on the run that made it): " + "; ".join(parts) +
+            f"; all timed entries {total / 60:.1f} min.")
 
 
 def _matching_results(folder: Path, want: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -169,6 +194,19 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     # every organism the suite used (folder name -> task, options): TruthfulQA MC builds or finds them from it
     specs: dict[str, tuple[str, Mapping[str, Any]]] = {}
     known_cards: dict[str, dict[str, Any]] = {}  # organism name -> its card
+    timings_path = root / TIMINGS_FILE
+    try:
+        timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        timings = {}
+    clock: dict[str, float] = {}
+
+    def timed(name: str) -> None:
+        """Record a fresh entry's wall time, from its first organism build to its results."""
+        timings[name] = {"wall_s": round(time.perf_counter() - clock[name], 1), "date": date.today().isoformat(),
+                         **_machine()}
+        root.mkdir(parents=True, exist_ok=True)
+        timings_path.write_text(json.dumps(timings, indent=2))
 
     def organisms_of(task: str, options: Sequence[Mapping[str, Any]], build: bool = True) -> list[Path]:
         """The organisms' folders, judged by their cards; ``build=False`` (an entry whose results are reused):
@@ -218,6 +256,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
             if not all((root / CARDS_DIR / f"{u}.json").is_file() for u in used):
                 done = None  # made with other organisms (their recipe changed since) or before cards were saved
         fresh = done is None or overwrite
+        clock[n] = time.perf_counter()
         targets = organisms_of(t.organism_task, t.default_targets(), build=fresh) if t.organism_task else None
         if not fresh:
             results.append(done)  # the same audit, already run with these settings
@@ -228,6 +267,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         results.append(run_audit(n, oracle=orc, targets=targets, out=root / n, limit=limits[n], seed=seed,
                                  data_dir=data_dir, overwrite=True, methods=tuple(want_methods), progress=progress,
                                  oracle_label=label))
+        timed(n)
         bar.update(1)
     if "diffing" in names:
         entry("diffing")
@@ -241,11 +281,13 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
                 "twins": [t.name for t in twins]}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
+            clock["diffing"] = time.perf_counter()
             pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
             twins = [_benign_twin(task, base_spec, data_dir, progress) for task in DIFFING_TASKS]
             start()
             res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
                               oracle_label=label, progress=progress, twins=twins)
+            timed("diffing")
         else:
             reused.append("diffing")
         sections.append(_demote(diffing_markdown(res)))
@@ -258,8 +300,10 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         res = _matching_results(root / "truthfulqa", {"oracle": label, "limit": n_q, "seed": seed})
         if res is None or overwrite:
             start()
+            clock["truthfulqa"] = time.perf_counter()
             res = run_truthfulqa_audit(oracle=orc, data_dir=data_dir, out=root / "truthfulqa", limit=n_q, seed=seed,
                                        overwrite=True, oracle_label=label, progress=progress)
+            timed("truthfulqa")
         else:
             reused.append("truthfulqa")
         sections.append(_demote(truthfulqa_markdown(res)))
@@ -275,11 +319,13 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
             "recipe_hashes": [str(known_cards[n].get("recipe_hash", ""))[:12] for n in used]})
         if res is None or overwrite:
             start()
+            clock["truthfulqa-mc"] = time.perf_counter()
             # reused entries judged their organisms by the saved cards: build them now (cached ones are found)
             orgs = [build_organism(specs[n][0], base=base_spec, options=specs[n][1], data_dir=data_dir,
                                    progress=progress) for n in used]
             res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
                                     limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
+            timed("truthfulqa-mc")
         else:
             reused.append("truthfulqa-mc")
         sections.append(_demote(truthfulqa_mc_markdown(res)))
@@ -295,6 +341,9 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         cmd += f"  (reused earlier results with the same settings for: {', '.join(reused)})"
     header = (f"Command: `{cmd}`\n\nMachine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores; "
               f"date {date.today().isoformat()}; wall time {wall / 60:.1f} min.\n")
+    done_timings = {k: timings[k] for k in names if k in timings}
+    if done_timings:
+        header += "\n" + timings_markdown(done_timings) + "\n"
     if verdicts:
         header += "\nOrganisms' behaviour checks: " + "; ".join(
             f"{name} {v['status']}" for name, v in sorted(verdicts.items())) + ".\n"
@@ -308,6 +357,7 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     root.mkdir(parents=True, exist_ok=True)
     (root / "report.md").write_text(md)
     (root / "suite.json").write_text(json.dumps({"tasks": names, "command": cmd, "wall_s": wall,
+                                                 "entry_wall_s": {k: v["wall_s"] for k, v in done_timings.items()},
                                                  "organism_verdicts": {k: v["status"] for k, v in verdicts.items()},
                                                  "results": [str(root / n / "results.json") for n in names]},
                                                 indent=2))

@@ -47,10 +47,17 @@ def test_a_killed_suite_resumes_to_the_same_results(tmp_path, oracle_dir, data_d
     assert (tmp_path / "s" / "classification" / "results.json").is_file()
     assert not (tmp_path / "s" / "suite.json").exists()
     first_entry = (tmp_path / "s" / "classification" / "results.json").read_bytes()
+    timed = json.loads((tmp_path / "s" / suite_mod.TIMINGS_FILE).read_text())
+    assert list(timed) == ["classification"] and timed["classification"]["wall_s"] > 0   # the killed entry: none
 
     resumed = suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir))
     assert "reused earlier results with the same settings for: classification" in resumed["markdown"]
     assert (tmp_path / "s" / "classification" / "results.json").read_bytes() == first_entry   # not run again
+    timed_after = json.loads((tmp_path / "s" / suite_mod.TIMINGS_FILE).read_text())
+    assert timed_after["classification"] == timed["classification"] and timed_after["truthfulqa"]["wall_s"] > 0
+    summary = json.loads((tmp_path / "s" / "suite.json").read_text())
+    assert summary["entry_wall_s"] == {k: v["wall_s"] for k, v in timed_after.items()}
+    assert "Wall time per entry" in resumed["markdown"] and "classification" in resumed["markdown"]
     for entry in ("classification", "truthfulqa"):
         a = json.loads((tmp_path / "whole" / entry / "results.json").read_text())
         b = json.loads((tmp_path / "s" / entry / "results.json").read_text())
