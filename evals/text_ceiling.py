@@ -3,6 +3,10 @@
 * :func:`text_baseline`: the base model (no adapter) reads the text and the question as a plain chat
   and picks Yes or No by log-likelihood. Near chance means the oracle's own language model does not
   understand the question, so it can answer a never-trained task only by what training taught it.
+* :func:`family_text_baseline`: the same for the question families
+  (:mod:`activation_oracles.training.families`) on their test rows, per family and question kind
+  (yes/no, negated yes/no, open as a forced choice among the family's answers), with the AUROC of
+  the Yes-No margin: which questions the oracle's language model can answer at all.
 * :func:`text_ceiling`: an oracle trained with ``TextInPrompt`` sources
   (:mod:`activation_oracles.training.text_in_prompt`) on the same examples with the text quoted in
   each question (activations still injected): an upper bound on what reading adds.
@@ -21,7 +25,7 @@ from typing import Any
 from activation_oracles.evals.chat import answer_logprobs
 from activation_oracles.evals.card_sets import YES_NO, build_eval_sets
 from activation_oracles.evals.oracle_card import capture_examples, score
-from activation_oracles.evals.stats import accuracy_row
+from activation_oracles.evals.stats import accuracy_row, auroc_row
 from activation_oracles.models import as_model
 from activation_oracles.training.text_in_prompt import with_text
 
@@ -65,6 +69,65 @@ def text_baseline(model: Any, *, data_dir: str | os.PathLike[str], n_per_eval: i
         correct = [(YES_NO[0] if lp[2 * i] >= lp[2 * i + 1] else YES_NO[1]) == ex.answer
                    for i, ex in enumerate(es.examples)]
         rows += _rows(es.name, "text_base", correct, es.groups, es.chance)
+    return rows
+
+
+def family_text_baseline(model: Any, *, data_dir: str | os.PathLike[str] | None, families: Sequence[str] | None = None,
+                         n_per_kind: int = 60, seed: int = 0, batch_size: int = 16) -> list[dict[str, Any]]:
+    """The base model answering each family's questions about a test row it reads as plain text.
+
+    Per family and question kind (``yes_no``, ``negated``, ``open``), ``n_per_kind`` test rows
+    (deterministic given ``seed``): yes/no kinds pick Yes or No by log-likelihood, and report the
+    AUROC of the Yes-minus-No margin (robust to a bias toward one answer); ``open`` picks the
+    likeliest of the family's answers (chance 1 / number of classes). Rows: ``{eval, method,
+    correct, n, accuracy, ci_low, ci_high, chance, auroc, auroc_low, auroc_high}`` (AUROC fields
+    for yes/no kinds only), ``eval`` = ``family/<name>/<kind>``.
+
+    >>> from activation_oracles.tiny import tiny_model
+    >>> rows = family_text_baseline(tiny_model(n_layers=2, d_model=32), data_dir=None, families=["sentiment"],
+    ...                             n_per_kind=2)
+    >>> [(r["eval"], r["n"]) for r in rows]
+    [('family/sentiment/yes_no', 2), ('family/sentiment/negated', 2), ('family/sentiment/open', 2)]
+    """
+    from random import Random
+
+    from activation_oracles.training.families import KINDS, QuestionFamilies
+
+    if n_per_kind < 1:
+        raise ValueError(f"family_text_baseline(n_per_kind={n_per_kind}); expected at least 1 row per kind.")
+    m = as_model(model)
+    tok = m.tokenizer
+    every = QuestionFamilies(data_dir, families=families, split="test")
+    rows: list[dict[str, Any]] = []
+    for fam in every.families:
+        answers = sorted({fam.answer_of(c) for c in every.rows[fam.name]})
+        for k, kind in enumerate(KINDS):
+            weights = [0.0, 0.0, 0.0]
+            weights[k] = 1.0
+            b = QuestionFamilies(data_dir, families=[fam.name], split="test", kind_weights=weights)
+            stream = b.examples(tok, Random(f"{seed}:{fam.name}:{kind}"))
+            examples = [next(stream) for _ in range(n_per_kind)]
+            options = answers if kind == "open" else list(YES_NO)
+            chats, scored = [], []
+            for ex in examples:
+                for option in options:
+                    chats.append([{"role": "user", "content": f"{ex.meta['text']}\n\n{ex.question}"}])
+                    scored.append(option)
+            lp = answer_logprobs(m, chats, scored, batch_size=batch_size, progress=False)
+            k_opt = len(options)
+            correct, margins = [], []
+            for i, ex in enumerate(examples):
+                mine = lp[i * k_opt:(i + 1) * k_opt]
+                correct.append(options[max(range(k_opt), key=mine.__getitem__)] == ex.answer)
+                margins.append(mine[0] - mine[1] if kind != "open" else 0.0)
+            row = _row(f"family/{fam.name}/{kind}", "text_base", correct, 1 / k_opt)
+            if kind != "open":
+                pos = [d for d, ex in zip(margins, examples) if ex.answer == YES_NO[0]]
+                neg = [d for d, ex in zip(margins, examples) if ex.answer != YES_NO[0]]
+                if pos and neg:
+                    a = auroc_row(pos, neg, seed=seed)
+                    row.update(auroc=a["auroc"], auroc_low=a["ci_low"], auroc_high=a["ci_high"])
+            rows.append(row)
     return rows
 
 
