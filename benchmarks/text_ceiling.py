@@ -21,6 +21,7 @@ from _machine import cpu_name
 
 import activation_oracles as ao
 from activation_oracles.evals.text_ceiling import family_text_baseline, text_baseline
+from activation_oracles.training.families import FAMILIES
 
 
 def _fmt(r: dict) -> str:
@@ -42,8 +43,10 @@ def main() -> None:
     print(f"{args.model}; {cpu_name()}, {torch.get_num_threads()} threads; {datetime.date.today().isoformat()}\n")
     print("| items | n | accuracy (Wilson 95%) | chance | AUROC of Yes-No margin (bootstrap 95%) |")
     print("|---|---:|---|---:|---|")
-    for r in family_text_baseline(model, data_dir=args.data_dir, n_per_kind=args.n, seed=args.seed):
-        print(_fmt(r), flush=True)
+    for family in FAMILIES:
+        for r in family_text_baseline(model, data_dir=args.data_dir, families=[family], n_per_kind=args.n,
+                                      seed=args.seed):
+            print(_fmt(r), flush=True)
     for r in text_baseline(model, data_dir=args.data_dir, n_per_eval=args.card_n, seed=args.seed,
                            evals=["classification_held_out"]):
         print(_fmt(r), flush=True)

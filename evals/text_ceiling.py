@@ -30,6 +30,7 @@ from activation_oracles.models import as_model
 from activation_oracles.training.text_in_prompt import with_text
 
 CLASSIFICATION_EVALS = ("classification_held_out", "classification_test")
+MAX_OPEN_OPTIONS = 10
 
 
 def _row(name: str, method: str, correct: Sequence[bool], chance: float) -> dict[str, Any]:
@@ -79,7 +80,8 @@ def family_text_baseline(model: Any, *, data_dir: str | os.PathLike[str] | None,
     Per family and question kind (``yes_no``, ``negated``, ``open``), ``n_per_kind`` test rows
     (deterministic given ``seed``): yes/no kinds pick Yes or No by log-likelihood, and report the
     AUROC of the Yes-minus-No margin (robust to a bias toward one answer); ``open`` picks the
-    likeliest of the family's answers (chance 1 / number of classes). Rows: ``{eval, method,
+    likeliest of the truth and up to ``MAX_OPEN_OPTIONS - 1`` other answers of the family, drawn per row
+    (chance 1 / number of options; the mention family has 249 names). Rows: ``{eval, method,
     correct, n, accuracy, ci_low, ci_high, chance, auroc, auroc_low, auroc_high}`` (AUROC fields
     for yes/no kinds only), ``eval`` = ``family/<name>/<kind>``.
 
@@ -107,20 +109,27 @@ def family_text_baseline(model: Any, *, data_dir: str | os.PathLike[str] | None,
             b = QuestionFamilies(data_dir, families=[fam.name], split="test", kind_weights=weights)
             stream = b.examples(tok, Random(f"{seed}:{fam.name}:{kind}"))
             examples = [next(stream) for _ in range(n_per_kind)]
-            options = answers if kind == "open" else list(YES_NO)
-            chats, scored = [], []
+            pick = Random(f"{seed}:{fam.name}:{kind}:options")
+            per_row = []
             for ex in examples:
+                if kind == "open":
+                    others = [a for a in answers if a != ex.answer]
+                    per_row.append([ex.answer, *pick.sample(others, min(MAX_OPEN_OPTIONS - 1, len(others)))])
+                else:
+                    per_row.append(list(YES_NO))
+            chats, scored = [], []
+            for ex, options in zip(examples, per_row):
                 for option in options:
                     chats.append([{"role": "user", "content": f"{ex.meta['text']}\n\n{ex.question}"}])
                     scored.append(option)
             lp = answer_logprobs(m, chats, scored, batch_size=batch_size, progress=False)
-            k_opt = len(options)
-            correct, margins = [], []
-            for i, ex in enumerate(examples):
-                mine = lp[i * k_opt:(i + 1) * k_opt]
-                correct.append(options[max(range(k_opt), key=mine.__getitem__)] == ex.answer)
+            correct, margins, at = [], [], 0
+            for ex, options in zip(examples, per_row):
+                mine = lp[at:at + len(options)]
+                at += len(options)
+                correct.append(options[max(range(len(options)), key=mine.__getitem__)] == ex.answer)
                 margins.append(mine[0] - mine[1] if kind != "open" else 0.0)
-            row = _row(f"family/{fam.name}/{kind}", "text_base", correct, 1 / k_opt)
+            row = _row(f"family/{fam.name}/{kind}", "text_base", correct, 1 / len(per_row[0]))
             if kind != "open":
                 pos = [d for d, ex in zip(margins, examples) if ex.answer == YES_NO[0]]
                 neg = [d for d, ex in zip(margins, examples) if ex.answer != YES_NO[0]]

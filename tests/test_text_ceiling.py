@@ -7,7 +7,7 @@ from random import Random
 import pytest
 
 from activation_oracles.errors import ConfigError
-from activation_oracles.evals.text_ceiling import family_text_baseline, text_baseline, text_ceiling
+from activation_oracles.evals.text_ceiling import MAX_OPEN_OPTIONS, family_text_baseline, text_baseline, text_ceiling
 from activation_oracles.oracle import ActivationOracle
 from activation_oracles.tiny import tiny_model
 from activation_oracles.training.classification import Classification
@@ -67,15 +67,17 @@ def test_family_text_baseline_scores_every_kind(embedded_tokenizer, data_dir):
     from activation_oracles.training.families import FAMILIES, QuestionFamilies
 
     model = tiny_model(tokenizer=embedded_tokenizer)
-    rows = family_text_baseline(model, data_dir=data_dir, families=["sentiment", "tense"], n_per_kind=4)
-    assert [r["eval"] for r in rows] == [f"family/{f}/{k}" for f in ("sentiment", "tense")
+    fams = ("sentiment", "tense", "mention")  # mention: 249 names, so the open choice is capped
+    rows = family_text_baseline(model, data_dir=data_dir, families=list(fams), n_per_kind=4)
+    assert [r["eval"] for r in rows] == [f"family/{f}/{k}" for f in fams
                                          for k in ("yes_no", "negated", "open")]
     assert all(r["n"] == 4 and r["method"] == "text_base" for r in rows)
     n_classes = {f: len({FAMILIES[f].answer_of(c) for c in QuestionFamilies(data_dir, families=[f], split="test")
-                         .rows[f]}) for f in ("sentiment", "tense")}
+                         .rows[f]}) for f in fams}
+    assert n_classes["mention"] > MAX_OPEN_OPTIONS
     for r in rows:
         family, kind = r["eval"].split("/")[1:]
-        assert r["chance"] == (1 / n_classes[family] if kind == "open" else 0.5)
+        assert r["chance"] == (1 / min(n_classes[family], MAX_OPEN_OPTIONS) if kind == "open" else 0.5)
     # the AUROC needs both answers among the rows; where it is given, it is a probability
     assert all(0.0 <= r["auroc"] <= 1.0 for r in rows if "auroc" in r)
     assert not any("auroc" in r for r in rows if r["eval"].endswith("/open"))
