@@ -42,7 +42,7 @@ DESCRIBE_SHARE = 0.3
 SMALL_RECIPE = Recipe(n_examples=128, fluency_fraction=0.1, fluency_max_new_tokens=48, epochs=2, batch_size=4,
                       lr=1e-3)
 # The paired-answer organisms: SMALL_RECIPE at twice the chats and three passes (192 steps), which moved the
-# narrow-advice organism's in-domain check from 5/8 to 6/8 held-out questions (EVALS.md, "Fit to be audited").
+# narrow-advice organism's in-domain check from 5/8 to 6/8 held-out questions (EVALS.md, "Recipes tried").
 PAIRED_RECIPE = SMALL_RECIPE.with_overrides({"n_examples": 256, "epochs": 3})
 
 

@@ -258,7 +258,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
              "## Fit to be audited", "", verdict_markdown(card_verdict(card))]
     tried = _recipes_tried(str(card.get("task", "")))
     if tried:
-        lines += ["Recipes tried for this family so far (EVALS.md, \"Fit to be audited\", has the figures):", ""]
+        lines += ["Recipes tried for this family so far (EVALS.md, \"Recipes tried\", has the figures):", ""]
         lines += [f"- {t}" for t in tried] + [""]
     lines += ["## Behaviour checks", ""]
     checks = card.get("checks") or {}

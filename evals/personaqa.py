@@ -203,7 +203,7 @@ class PersonaQAOrganism(OrganismTask):
                "of N fictional personas from the shared PersonaQA file, taught through bios and question/answer "
                "chats; one question paraphrase per attribute is held out for the checks.")
     # ~13 chats per fact per epoch: over 10 personas x 6 facts, 256 x 2 gave the true attribute 15/40 of
-    # held-out questions and 768 x 3 gave 40/40 (EVALS.md, "Fit to be audited"); 1080 keeps that rate at 14
+    # held-out questions and 768 x 3 gave 40/40 (EVALS.md, "Recipes tried"); 1080 keeps that rate at 14
     recipe = Recipe(n_examples=1080, epochs=3)
     option_help = {"variant": f"personaqa variant: {', '.join(VARIANTS)} (default {DEFAULT_VARIANT})",
                    "n_personas": f"how many personas to learn, the first N of the file (default {DEFAULT_N_PERSONAS})"}
