@@ -25,7 +25,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -199,11 +200,13 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     except (OSError, json.JSONDecodeError):
         timings = {}
-    clock: dict[str, float] = {}
 
-    def timed(name: str) -> None:
-        """Record a fresh entry's wall time, from its first organism build to its results."""
-        timings[name] = {"wall_s": round(time.perf_counter() - clock[name], 1), "date": date.today().isoformat(),
+    @contextmanager
+    def timed(name: str) -> Iterator[None]:
+        """Record a fresh entry's wall time, from its first organism build to its results (not if it fails)."""
+        t_start = time.perf_counter()
+        yield
+        timings[name] = {"wall_s": round(time.perf_counter() - t_start, 1), "date": date.today().isoformat(),
                          **_machine()}
         root.mkdir(parents=True, exist_ok=True)
         timings_path.write_text(json.dumps(timings, indent=2))
@@ -256,18 +259,19 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
             if not all((root / CARDS_DIR / f"{u}.json").is_file() for u in used):
                 done = None  # made with other organisms (their recipe changed since) or before cards were saved
         fresh = done is None or overwrite
-        clock[n] = time.perf_counter()
-        targets = organisms_of(t.organism_task, t.default_targets(), build=fresh) if t.organism_task else None
         if not fresh:
+            if t.organism_task:
+                organisms_of(t.organism_task, t.default_targets(), build=False)  # judged by their saved cards
             results.append(done)  # the same audit, already run with these settings
             reused.append(n)
             bar.update(1)
             continue
-        start()
-        results.append(run_audit(n, oracle=orc, targets=targets, out=root / n, limit=limits[n], seed=seed,
-                                 data_dir=data_dir, overwrite=True, methods=tuple(want_methods), progress=progress,
-                                 oracle_label=label))
-        timed(n)
+        with timed(n):
+            targets = organisms_of(t.organism_task, t.default_targets()) if t.organism_task else None
+            start()
+            results.append(run_audit(n, oracle=orc, targets=targets, out=root / n, limit=limits[n], seed=seed,
+                                     data_dir=data_dir, overwrite=True, methods=tuple(want_methods),
+                                     progress=progress, oracle_label=label))
         bar.update(1)
     if "diffing" in names:
         entry("diffing")
@@ -281,13 +285,12 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
                 "twins": [t.name for t in twins]}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
-            clock["diffing"] = time.perf_counter()
-            pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
-            twins = [_benign_twin(task, base_spec, data_dir, progress) for task in DIFFING_TASKS]
-            start()
-            res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed, overwrite=True,
-                              oracle_label=label, progress=progress, twins=twins)
-            timed("diffing")
+            with timed("diffing"):
+                pairs = [tuple(organisms_of(task, _pair_options(task))) for task in DIFFING_TASKS]
+                twins = [_benign_twin(task, base_spec, data_dir, progress) for task in DIFFING_TASKS]
+                start()
+                res = run_diffing(pairs, oracle=orc, out=root / "diffing", n_prompts=n_prompts, seed=seed,
+                                  overwrite=True, oracle_label=label, progress=progress, twins=twins)
         else:
             reused.append("diffing")
         sections.append(_demote(diffing_markdown(res)))
@@ -300,10 +303,9 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         res = _matching_results(root / "truthfulqa", {"oracle": label, "limit": n_q, "seed": seed})
         if res is None or overwrite:
             start()
-            clock["truthfulqa"] = time.perf_counter()
-            res = run_truthfulqa_audit(oracle=orc, data_dir=data_dir, out=root / "truthfulqa", limit=n_q, seed=seed,
-                                       overwrite=True, oracle_label=label, progress=progress)
-            timed("truthfulqa")
+            with timed("truthfulqa"):
+                res = run_truthfulqa_audit(oracle=orc, data_dir=data_dir, out=root / "truthfulqa", limit=n_q,
+                                           seed=seed, overwrite=True, oracle_label=label, progress=progress)
         else:
             reused.append("truthfulqa")
         sections.append(_demote(truthfulqa_markdown(res)))
@@ -319,13 +321,12 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
             "recipe_hashes": [str(known_cards[n].get("recipe_hash", ""))[:12] for n in used]})
         if res is None or overwrite:
             start()
-            clock["truthfulqa-mc"] = time.perf_counter()
-            # reused entries judged their organisms by the saved cards: build them now (cached ones are found)
-            orgs = [build_organism(specs[n][0], base=base_spec, options=specs[n][1], data_dir=data_dir,
-                                   progress=progress) for n in used]
-            res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
-                                    limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
-            timed("truthfulqa-mc")
+            with timed("truthfulqa-mc"):
+                # reused entries judged their organisms by the saved cards: build them now (cached ones are found)
+                orgs = [build_organism(specs[n][0], base=base_spec, options=specs[n][1], data_dir=data_dir,
+                                       progress=progress) for n in used]
+                res = run_truthfulqa_mc(orgs, base=orc.model, data_dir=data_dir, out=root / "truthfulqa-mc",
+                                        limit=limits["truthfulqa-mc"], seed=seed, overwrite=True, progress=progress)
         else:
             reused.append("truthfulqa-mc")
         sections.append(_demote(truthfulqa_mc_markdown(res)))
