@@ -135,3 +135,19 @@ def cut_at_stop(ids: list[int], stops: Any) -> tuple[list[int], bool]:
         if t in stops:
             return ids[:i], True
     return ids, False
+
+
+def cache_kwarg(hf: Any) -> str:
+    """The KV-cache argument's name in ``hf.forward``: transformers renamed ``past_key_values`` to ``cache``."""
+    import inspect
+
+    try:
+        params = inspect.signature(hf.get_base_model().forward if hasattr(hf, "get_base_model") else hf.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward pass returned, under either of its transformers names."""
+    return out["cache"] if "cache" in out else out["past_key_values"]

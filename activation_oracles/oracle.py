@@ -40,7 +40,7 @@ from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real
 from .config import OracleConfig
 from .errors import ActivationsMismatchError, ArgumentError, ArgumentTypeError, MissingTokenizerError, PromptTooLongError
-from .forward import IGNORE, Generated, generate, label_logprobs
+from .forward import IGNORE, Generated, cache_kwarg, generate, label_logprobs, output_cache
 from .hooks import inject_residuals
 from .oracle_args import check_choices, check_overrides, pair_inputs
 from .models import Model, as_model
@@ -289,7 +289,7 @@ class ActivationOracle:
         prefix_ids = torch.tensor([prefix], device=self.model.device)
         with self._session([first]):
             out = self.model.hf(input_ids=prefix_ids, use_cache=True)
-            cache = out["cache"] if "cache" in out else out["past_key_values"]
+            cache = output_cache(out)
         # Pad between the cached prefix and each suffix so all suffixes end together; the
         # mask hides the padding and position ids follow the mask, as in a plain left-padded batch.
         suffixes = [list(it.prompt.input_ids[len(prefix):]) for it in items]
@@ -306,7 +306,7 @@ class ActivationOracle:
             batch_cache.batch_repeat_interleave(len(items))
         with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
             out = generate(self.model.hf, self.model.tokenizer, ids, mask, max_new_tokens, temperature, extra,
-                           **{_cache_kwarg(self.model.hf): batch_cache})
+                           **{cache_kwarg(self.model.hf): batch_cache})
         return [self._decode(row, max_new_tokens) for row in out]
 
     @overload
@@ -366,7 +366,7 @@ class ActivationOracle:
         ids = torch.tensor([list(item.prompt.input_ids)], device=self.model.device)
         with self._session([item]):
             out = self.model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        cache = output_cache(out)
         first_1V = out.logits[0, -1:].float()  # predicts each answer's first token
         width = max(len(a) for a in answers)
         pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
@@ -383,7 +383,7 @@ class ActivationOracle:
             # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
             with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
                 columns.append(self.model.hf(input_ids=rows[:, :-1], attention_mask=mask[:, :-1],
-                                             **{_cache_kwarg(self.model.hf): cache}).logits.float())
+                                             **{cache_kwarg(self.model.hf): cache}).logits.float())
         columns.append(torch.zeros_like(columns[0]))  # the last column predicts nothing
         lp, _ = label_logprobs(torch.cat(columns, dim=1), labels)
         return lp.sum(-1).tolist()
@@ -439,17 +439,6 @@ class ActivationOracle:
                     **kwargs: Any) -> Answer:
         """Ask about the vectors of tokens ``start <= i < end`` only."""
         return self.ask(acts.segment(start, end), question, **kwargs)
-
-
-def _cache_kwarg(hf: Any) -> str:
-    """transformers renamed the KV-cache argument from ``past_key_values`` to ``cache``."""
-    import inspect
-
-    try:
-        params = inspect.signature(hf.get_base_model().forward if hasattr(hf, "get_base_model") else hf.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
 
 
 @contextmanager

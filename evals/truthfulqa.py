@@ -35,6 +35,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -50,6 +51,7 @@ from typing import Any
 import torch
 
 from ..adapters import use_adapter
+from ..forward import cache_kwarg, output_cache
 from ..errors import DataError, EmptyInputError
 from ..models import Model, as_model
 from .stats import wilson_interval
@@ -179,37 +181,56 @@ def encode_pair(tokenizer: Any, question: str, answer: str) -> tuple[list[int], 
 @torch.no_grad()
 def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_size: int,
                      progress: bool | None = None) -> list[float]:
-    """Summed log-probability of each sequence's tokens after its context, batched with right padding."""
+    """Summed log-probability of each sequence's tokens after its context.
+
+    Sequences that share their context (every answer of one question) share one forward pass of
+    it: the context runs once, its key/value cache is repeated for a batch of the answers, and
+    only the answers' tokens run again. Contexts are most of the tokens (the chat template, its
+    system prompt and the question; TruthfulQA's answers average under 10 tokens), so this is
+    the same arithmetic as scoring every full sequence, about three times fewer tokens.
+    """
     from activation_oracles.progress import progress as progress_bar
 
     hf = model.hf
     pad = getattr(model.tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
-    # Longest first: batches of similar length waste less compute on padding, and an
-    # out-of-memory error shows up on the first batch rather than at the end.
-    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][0]))
+    cache_name = cache_kwarg(hf)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, (toks, n_ctx) in enumerate(seqs):
+        groups.setdefault(tuple(toks[:n_ctx]), []).append(k)
     scores = [0.0] * len(seqs)
     bar = progress_bar(desc="truthfulqa answers", total=len(seqs), unit="answer", enabled=progress, leave=None)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(seqs[k][0]) for k in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, k in enumerate(idx):
-            toks = seqs[k][0]
-            ids[r, :len(toks)] = torch.tensor(toks, dtype=torch.long)
-            mask[r, :len(toks)] = 1
-        # Right padding keeps every real token at its unpadded position, so the default position
-        # ids are right and a causal model's real-token logits equal the unbatched ones.
-        logits = hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        first = min(seqs[k][1] for k in idx)  # no answer token starts earlier: skip the rest of the vocab work
-        logp = torch.log_softmax(logits[:, first - 1:-1].float(), dim=-1)
-        targets = ids[:, first:].to(logp.device)
-        token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        for r, k in enumerate(idx):
-            toks, n_ctx = seqs[k]
-            scores[k] = float(token_lp[r, n_ctx - first:len(toks) - first].sum())
-        bar.update(len(idx))
+    for ctx, members in groups.items():
+        n = len(ctx)
+        out = hf(input_ids=torch.tensor([ctx], device=model.device), use_cache=True, logits_to_keep=1)
+        first_lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every answer's first token
+        cache = output_cache(out)
+        # Longest first: batches of similar length waste less compute on padding.
+        members = sorted(members, key=lambda k: -len(seqs[k][0]))
+        for start in range(0, len(members), batch_size):
+            idx = members[start:start + batch_size]
+            conts = [seqs[k][0][n:] for k in idx]
+            width = max(len(c) for c in conts)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), n + width), dtype=torch.long)
+            mask[:, :n] = 1
+            for r, c in enumerate(conts):
+                ids[r, :len(c)] = torch.tensor(c, dtype=torch.long)
+                mask[r, n:n + len(c)] = 1
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(idx))
+            # Right padding keeps every answer token at its unpadded position (n, n+1, ...), so the
+            # default position ids are right and the real tokens' logits equal the unbatched ones.
+            logits = hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                        use_cache=True, **{cache_name: past}).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1) if width > 1 else None
+            for r, (k, c) in enumerate(zip(idx, conts)):
+                total = float(first_lp[c[0]])
+                if len(c) > 1 and logp is not None:
+                    tgt = torch.tensor(c[1:], dtype=torch.long, device=logp.device)
+                    total += float(logp[r, :len(c) - 1].gather(-1, tgt.unsqueeze(-1)).sum())
+                scores[k] = total
+            bar.update(len(idx))
     bar.close()
     return scores
 

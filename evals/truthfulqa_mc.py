@@ -16,18 +16,23 @@ interval below zero.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from activation_oracles.errors import ConfigError, DataError
+from activation_oracles.files import atomic_write_bytes
 
 from .interval_plot import plot_results
 from .report import prepare_out_dir, write_results
-from .truthfulqa import percentile, load_truthfulqa, mc_scores, summarise
+from .truthfulqa import TQAQuestion, load_truthfulqa, mc_scores, percentile, summarise
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1000, seed: int = 0
@@ -40,6 +45,41 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 1
     n = len(diffs)
     means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
     return {"diff": sum(diffs) / n, "ci_low": percentile(means, 0.025), "ci_high": percentile(means, 0.975)}
+
+
+PARTIAL_DIR = "partial"  # per-model checkpoints of a run in progress, inside its output folder
+
+
+def _questions_sha256(questions: Sequence[TQAQuestion]) -> str:
+    text = json.dumps([[q.question, q.best, list(q.correct), list(q.incorrect)] for q in questions])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _checkpoint_path(folder: Path, key: dict[str, str]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key['model'])}-{digest}.json"
+
+
+def _read_checkpoint(folder: Path, key: dict[str, str]) -> tuple[list[dict[str, Any]], float] | None:
+    """A model's saved scores and scoring seconds when its checkpoint matches ``key`` exactly and is well formed, else None."""
+    path = _checkpoint_path(folder, key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # none yet, or unreadable: the model is scored again and the file replaced
+    if not isinstance(data, dict) or data.get("key") != key or not isinstance(data.get("scores"), list) \
+            or not isinstance(data.get("seconds"), (int, float)):
+        return None
+    scores = data["scores"]
+    ok = all(isinstance(s, dict) and isinstance(s.get("mc1"), (int, float)) and isinstance(s.get("mc2"), (int, float))
+             for s in scores)
+    return (scores, float(data["seconds"])) if ok else None
+
+
+def _write_checkpoint(folder: Path, key: dict[str, str], scores: list[dict[str, Any]], seconds: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(_checkpoint_path(folder, key),
+                       json.dumps({"key": key, "scores": scores, "seconds": seconds}).encode("utf-8"))
 
 
 def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
@@ -74,14 +114,31 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
     if limit is not None and limit < len(questions):
         questions = random.Random(seed).sample(questions, limit)
     show = True if progress else None  # False: the inner bars follow the ambient default
-    with progress_bar(desc="truthfulqa-mc models", total=1 + len(loaded), unit="model", enabled=progress,
+    # A killed run keeps every model it finished: each model's scores go to a checkpoint beside the
+    # results (keyed by the questions, the base and the adapter's hash), read back on the next run and
+    # removed once results.json is written. A 15-model run at all 817 questions is hours on a CPU.
+    partial = out_path / PARTIAL_DIR if out_path is not None else None
+    qkey = _questions_sha256(questions)
+    models: list[tuple[str, Any, str | None, str]] = [("base", model, None, "")]
+    models += [(o.name, o.model, o.adapter, str(o.card.get("adapter_sha256", ""))) for o in loaded]
+    per_model: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}  # each model's scoring time, from its checkpoint when it was reused
+    resumed: list[str] = []
+    with progress_bar(desc="truthfulqa-mc models", total=len(models), unit="model", enabled=progress,
                       leave=None) as bar:
-        per_model: dict[str, list[dict[str, Any]]] = {"base": mc_scores(model, questions, batch_size=batch_size,
-                                                                        progress=show)}
-        bar.update(1)
-        for org in loaded:
-            per_model[org.name] = mc_scores(org.model, questions, batch_size=batch_size, adapter=org.adapter,
-                                            progress=show)
+        for name, m, adapter, adapter_sha in models:
+            key = {"base": base_name, "questions_sha256": qkey, "model": name, "adapter_sha256": adapter_sha}
+            saved = _read_checkpoint(partial, key) if partial is not None else None
+            if saved is None:
+                t_model = time.perf_counter()
+                scores = mc_scores(m, questions, batch_size=batch_size, adapter=adapter, progress=show)
+                seconds[name] = round(time.perf_counter() - t_model, 1)
+                if partial is not None:
+                    _write_checkpoint(partial, key, scores, seconds[name])
+            else:
+                scores, seconds[name] = saved
+                resumed.append(name)
+            per_model[name] = scores
             bar.update(1)
     rows = []
     for name, scores in per_model.items():
@@ -98,10 +155,13 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
                           "n_boot": n_boot},
                "rows": rows, "per_question": {k: [{"mc1": s["mc1"], "mc2": s["mc2"]} for s in v]
                                               for k, v in per_model.items()},
-               "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
+               "extra": {"wall_s": round(time.perf_counter() - t0, 1),  # this run only
+                         "scoring_s": seconds, "scoring_s_total": round(sum(seconds.values()), 1),
+                         "resumed_models": resumed}}
     if out_path is not None:
         write_results(out_path, results, truthfulqa_mc_markdown(results))
         plot_results(out_path)
+        shutil.rmtree(out_path / PARTIAL_DIR, ignore_errors=True)
     return results
 
 

@@ -79,6 +79,50 @@ def test_mc_bad_inputs(tmp_path, tqa_dir, organism_dir, monkeypatch) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_mc_killed_midway_resumes_from_its_checkpoints(tmp_path, tqa_dir, organism_dir, monkeypatch) -> None:
+    import activation_oracles.evals.truthfulqa_mc as mc_mod
+
+    base = tiny_model()
+    whole = run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "whole", limit=None)
+    assert not (tmp_path / "whole" / mc_mod.PARTIAL_DIR).exists()  # removed once results.json is written
+    real, calls = mc_mod.mc_scores, []
+
+    def dies_on_the_organism(model, questions, **kw):
+        calls.append(kw.get("adapter"))
+        if kw.get("adapter") is not None:
+            raise KeyboardInterrupt  # the run is killed while scoring the second model
+        return real(model, questions, **kw)
+
+    monkeypatch.setattr(mc_mod, "mc_scores", dies_on_the_organism)
+    with pytest.raises(KeyboardInterrupt):
+        run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "mc", limit=None)
+    assert not (tmp_path / "mc" / "results.json").exists()
+    saved = list((tmp_path / "mc" / mc_mod.PARTIAL_DIR).glob("*.json"))
+    assert [p.name.split("-")[0] for p in saved] == ["base"]
+    # a damaged checkpoint of another model is ignored (scored again), never trusted
+    (tmp_path / "mc" / mc_mod.PARTIAL_DIR / "junk.json").write_text("{not json")
+    monkeypatch.setattr(mc_mod, "mc_scores", lambda model, questions, **kw: calls.append(kw.get("adapter"))
+                        or real(model, questions, **kw))
+    calls.clear()
+    res = run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "mc", limit=None,
+                            overwrite=True)
+    assert len(calls) == 1 and calls[0] is not None  # only the organism was scored again
+    assert res["extra"]["resumed_models"] == ["base"]
+    assert set(res["extra"]["scoring_s"]) == {"base", "trigger-backdoor-organism"}
+    assert res["rows"] == whole["rows"] and res["per_question"] == whole["per_question"]
+    assert not (tmp_path / "mc" / mc_mod.PARTIAL_DIR).exists()
+    # other questions (another limit/seed) do not reuse a checkpoint: nothing stale is read
+    monkeypatch.setattr(mc_mod, "mc_scores", dies_on_the_organism)
+    with pytest.raises(KeyboardInterrupt):
+        run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "two", limit=2)
+    calls.clear()
+    monkeypatch.setattr(mc_mod, "mc_scores", lambda model, questions, **kw: calls.append(kw.get("adapter"))
+                        or real(model, questions, **kw))
+    run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "two", limit=2, seed=1,
+                      overwrite=True)
+    assert calls == [None, calls[1]] and calls[1] is not None  # the base scored again on the new sample
+
+
 def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, embedded_tokenizer) -> None:
     # tiny organisms in a private cache; one diffing pair (the backdoor) to keep the test short
     monkeypatch.setattr(organism_mod, "default_organism_dir", lambda name, digest: tmp_path / "cache" / name)
