@@ -99,8 +99,6 @@ def test_mc_killed_midway_resumes_from_its_checkpoints(tmp_path, tqa_dir, organi
     assert not (tmp_path / "mc" / "results.json").exists()
     saved = list((tmp_path / "mc" / mc_mod.PARTIAL_DIR).glob("*.json"))
     assert [p.name.split("-")[0] for p in saved] == ["base"]
-    # a damaged checkpoint of another model is ignored (scored again), never trusted
-    (tmp_path / "mc" / mc_mod.PARTIAL_DIR / "junk.json").write_text("{not json")
     monkeypatch.setattr(mc_mod, "mc_scores", lambda model, questions, **kw: calls.append(kw.get("adapter"))
                         or real(model, questions, **kw))
     calls.clear()
@@ -111,6 +109,18 @@ def test_mc_killed_midway_resumes_from_its_checkpoints(tmp_path, tqa_dir, organi
     assert set(res["extra"]["scoring_s"]) == {"base", "trigger-backdoor-organism"}
     assert res["rows"] == whole["rows"] and res["per_question"] == whole["per_question"]
     assert not (tmp_path / "mc" / mc_mod.PARTIAL_DIR).exists()
+    # a damaged checkpoint (cut short by a full disk, say) is scored again, never half-trusted
+    monkeypatch.setattr(mc_mod, "mc_scores", dies_on_the_organism)
+    with pytest.raises(KeyboardInterrupt):
+        run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "dmg", limit=None)
+    (saved_base,) = (tmp_path / "dmg" / mc_mod.PARTIAL_DIR).glob("base-*.json")
+    saved_base.write_text(saved_base.read_text()[:-40])
+    calls.clear()
+    monkeypatch.setattr(mc_mod, "mc_scores", lambda model, questions, **kw: calls.append(kw.get("adapter"))
+                        or real(model, questions, **kw))
+    res = run_truthfulqa_mc([organism_dir], base=base, data_dir=tqa_dir, out=tmp_path / "dmg", limit=None,
+                            overwrite=True)
+    assert len(calls) == 2 and res["extra"]["resumed_models"] == [] and res["rows"] == whole["rows"]
     # other questions (another limit/seed) do not reuse a checkpoint: nothing stale is read
     monkeypatch.setattr(mc_mod, "mc_scores", dies_on_the_organism)
     with pytest.raises(KeyboardInterrupt):
