@@ -194,6 +194,9 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
     rows: list[dict[str, Any]] = []
     aggs: list[dict[str, Any]] = []
     open_rows: list[dict[str, Any]] = []
+    # the oracle's forced choices are most of the time (4 oracles x 3 modes x each model's prompts): a bar with an ETA
+    n_reads = sum(4 * len(MODES) * len(chats) * (3 if t is not None else 2) for t in twin_orgs)
+    reads = progress_bar(desc="diffing oracle reads", total=n_reads, unit="read", enabled=progress, leave=None)
     for (org, ctl), twin in progress_bar(list(zip(loaded, twin_orgs)), "diffing pairs", unit="pair",
                                          enabled=progress, leave=None):
         spec = DIFF_QUESTIONS[org.card["task"]]
@@ -215,7 +218,10 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
             for method, o_, src in (("oracle", orc, diffs), ("oracle:shuffled", orc, shuffled),
                                     ("oracle:coeff0", orc.with_config(coeff=0.0), diffs),
                                     ("untrained_oracle", untrained, diffs)):
-                scores[(method, mode)] = {r: _oracle_scores(o_, src[r], q, mode) for r, _ in roles}
+                scores[(method, mode)] = {}
+                for r, _ in roles:
+                    scores[(method, mode)][r] = _oracle_scores(o_, src[r], q, mode)
+                    reads.update(len(src[r]))
             scores[("logit_lens", mode)] = {r: _lens_scores(model, diffs[r], words, layer, mode) for r, _ in roles}
         bb = {}
         for role, o in roles:
@@ -240,6 +246,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
             answers = orc.ask(diffs[role][:open_answers], OPEN_QUESTION, max_new_tokens=32)
             open_rows += [{"pair": pair, "model": role, "prompt": chats[i][-1]["content"], "answer": a}
                           for i, a in enumerate(answers)]
+    reads.close()
     results = {"task": "diffing", "config": {"oracle": oracle_label or (str(oracle) if isinstance(oracle, (str, Path))
                                                                      else f"<{orc.config.base_model} oracle>"),
                                               "n_prompts": len(chats),
