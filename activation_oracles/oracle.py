@@ -52,6 +52,11 @@ DESCRIBE_QUESTION = "Can you describe what is happening in this text?"
 """The reference's open question (its model-diffing evaluation asks it); ``describe`` asks it."""
 
 
+# At most this many (prompt, choice) rows per continuation pass of choose(): each holds its answer's
+# logits over the vocabulary (49,152 entries for SmolLM2), so 256 rows of a 3-token answer are ~150 MB.
+MAX_CHOICE_ROWS = 256
+
+
 @dataclass(frozen=True)
 class _Item:
     prompt: OraclePrompt
@@ -339,12 +344,16 @@ class ActivationOracle:
             self._check_length([list(item.prompt.input_ids) + list(ans) for ans in answers])
             prepared.append((item, answers))
         out: list[dict[str, float]] = []
-        for item, answers in prepared:
-            s = self._score_choices(item, answers)
-            top = max(s)
-            exps = [math.exp(x - top) for x in s]
-            total = sum(exps)
-            out.append({c: e / total for c, e in zip(choice_list, exps)})
+        # batch_size prompts per pass; fewer when there are many choices, as every (prompt, choice) row
+        # carries its answer's logits over the whole vocabulary
+        step = max(1, min(batch_size, MAX_CHOICE_ROWS // len(choice_list)))
+        for start in range(0, len(prepared), step):
+            chunk = prepared[start:start + step]
+            for s in self._score_choices([it for it, _ in chunk], [a for _, a in chunk]):
+                top = max(s)
+                exps = [math.exp(x - top) for x in s]
+                total = sum(exps)
+                out.append({c: e / total for c, e in zip(choice_list, exps)})
         return out[0] if single else out
 
     def choice_logprobs(self, acts: Activations, question: str, choices: Sequence[str], *,
@@ -356,37 +365,45 @@ class ActivationOracle:
         item = self._item(acts, question, layer)
         src = self._vectors(acts, layer)[0]
         answers = [answer_ids(self.model.tokenizer, self.config, item.prompt, src, question, c) for c in choice_list]
-        return dict(zip(choice_list, self._score_choices(item, answers)))
+        return dict(zip(choice_list, self._score_choices([item], [answers])[0]))
 
-    def _score_choices(self, item: _Item, answers: Sequence[Sequence[int]]) -> list[float]:
-        """Log-likelihood of each answer after one prompt: the prompt runs once (injected), the answers
-        continue from its KV cache in one right-padded batch. With C choices this costs one prompt pass
-        instead of C, which is most of the work (the prompt holds the K placeholders and the question).
+    def _score_choices(self, items: Sequence[_Item], answers: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+        """Log-likelihood of each item's answers after its prompt. The prompts run once, left-padded in one
+        injected batch; every answer continues from its prompt's KV cache in one right-padded batch. With C
+        choices this costs one prompt pass instead of C, which is most of the work (the prompt holds the K
+        placeholders and the question).
         """
-        ids = torch.tensor([list(item.prompt.input_ids)], device=self.model.device)
-        with self._session([item]):
-            out = self.model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
+        batch = left_pad([it.prompt.input_ids for it in items], pad_id_of(self.model.tokenizer), self.model.device)
+        with self._session(items):
+            out = self.model.hf(**batch.forward_kwargs(), use_cache=True, logits_to_keep=1)
         cache = output_cache(out)
-        first_1V = out.logits[0, -1:].float()  # predicts each answer's first token
-        width = max(len(a) for a in answers)
-        pad = self.model.tokenizer.pad_token_id if self.model.tokenizer.pad_token_id is not None else 0
-        n = len(answers)
+        n_per = [len(a) for a in answers]
+        flat = [list(a) for per_item in answers for a in per_item]
+        owner = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(n_per))
+        width = max(len(a) for a in flat)
+        pad = pad_id_of(self.model.tokenizer)
         # Labels as forward.label_logprobs reads them: a leading unscored column, then each answer.
-        labels = torch.tensor([[IGNORE] + list(a) + [IGNORE] * (width - len(a)) for a in answers])
-        columns = [first_1V.expand(n, 1, -1)]
+        labels = torch.tensor([[IGNORE] + a + [IGNORE] * (width - len(a)) for a in flat])
+        first_RV = out.logits[:, -1].float()[owner.to(out.logits.device)]  # each answer's first token
+        columns = [first_RV.unsqueeze(1)]
         if width > 1:
-            rows = torch.tensor([list(a) + [pad] * (width - len(a)) for a in answers], device=self.model.device)
-            mask = torch.tensor([[1] * ids.shape[1] + [1] * len(a) + [0] * (width - len(a)) for a in answers],
-                                device=self.model.device)
-            if n > 1:
-                cache.batch_repeat_interleave(n)
+            dev = self.model.device
+            rows = torch.tensor([a + [pad] * (width - len(a)) for a in flat], device=dev)[:, :-1]
+            prompt_mask = batch.attention_mask[owner.to(dev)]
+            answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in flat], device=dev)[:, :-1]
+            # each answer token sits right after its own prompt's last real token, whatever the padding
+            positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=dev)
+            cache.batch_repeat_interleave(n_per[0])  # rows in owner order: every item has the same choices
             # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
             with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
-                columns.append(self.model.hf(input_ids=rows[:, :-1], attention_mask=mask[:, :-1],
+                columns.append(self.model.hf(input_ids=rows, attention_mask=torch.cat([prompt_mask, answer_mask], 1),
+                                             position_ids=positions,
                                              **{cache_kwarg(self.model.hf): cache}).logits.float())
         columns.append(torch.zeros_like(columns[0]))  # the last column predicts nothing
         lp, _ = label_logprobs(torch.cat(columns, dim=1), labels)
-        return lp.sum(-1).tolist()
+        scores = lp.sum(-1).tolist()
+        bounds = [sum(n_per[:i]) for i in range(len(n_per) + 1)]
+        return [scores[bounds[i]:bounds[i + 1]] for i in range(len(items))]
 
     # -- input modes ---------------------------------------------------------------------------------
     def ask_tokens(self, acts: Activations, question: str, **kwargs: Any) -> list[Answer]:

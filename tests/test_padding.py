@@ -13,10 +13,10 @@ from conftest import TINY_ARCHS
 PROMPTS = ["Hi.", "The owl hunts mice in the quiet forest at night.", "Two horses grazed by the river."]
 
 
-def _model(arch: str, tokenizer) -> ao.Model:
+def _model(arch: str, tokenizer, **overrides) -> ao.Model:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kw = dict(TINY_ARCHS[arch], vocab_size=len(tokenizer))
+    kw = dict(TINY_ARCHS[arch], vocab_size=len(tokenizer), **overrides)
     kw.pop("pad_token_id", None)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -107,3 +107,34 @@ def test_batched_capture_equals_single_capture_on_the_embedded_model(smollm):
             # relative to each row's size: SmolLM2 has channels near 26,000 beside ones near 1
             err = (a - b).norm(dim=-1) / b.norm(dim=-1)
             assert float(err.max()) < 1e-3, (prompt, layer, float(err.max()))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2", "gpt_neox"])
+def test_batched_choose_equals_one_at_a_time(arch, embedded_tokenizer):
+    """choose() runs its prompts left-padded together and continues every choice from the cache: prompts
+    of different lengths and answers of different lengths give what each item alone gives."""
+    m = _model(arch, embedded_tokenizer, initializer_range=0.5)  # peaked logits: a misplaced token shows
+    oracle = ao.ActivationOracle.untrained(m)
+    acts = ao.capture(m, PROMPTS, chat=False, layers=[1])
+    items = [acts[0], acts[1].last(5), acts[2].last(1), acts[1]]  # 2, 5, 1 and 11+ positions
+    choices = ["Yes", "No", "Perhaps not at all"]
+    together = oracle.choose(items, "Is it about an animal?", choices, batch_size=4)
+    for a, got in zip(items, together):
+        alone = oracle.choose(a, "Is it about an animal?", choices)
+        assert got == pytest.approx(alone, abs=1e-5)
+        assert max(got.values()) > 0.4  # not a near-uniform model, where any bug would pass
+    # and one item alone equals whole sequences (prompt + answer) scored by hand, one forward each
+    from activation_oracles.hooks import inject_residuals
+    from activation_oracles.prompt import answer_ids
+
+    q = "Is it about an animal?"
+    item = oracle._item(items[1], q, None)
+    raw = oracle.choice_logprobs(items[1], q, choices)
+    for c in choices:
+        ans = answer_ids(m.tokenizer, oracle.config, item.prompt, items[1].layer, q, c)
+        ids = torch.tensor([list(item.prompt.input_ids) + ans])
+        with torch.no_grad(), inject_residuals(m, oracle.config.injection_layer, [list(item.prompt.positions)],
+                                               [item.vectors_KD]):
+            logp = torch.log_softmax(m.hf(input_ids=ids).logits[0].double(), -1)
+        n = len(item.prompt.input_ids)
+        assert raw[c] == pytest.approx(sum(float(logp[n - 1 + j, t]) for j, t in enumerate(ans)), abs=1e-4)
