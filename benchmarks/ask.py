@@ -4,6 +4,8 @@
 (b) injection overhead: batched ``ask`` vs plain ``generate`` on the same prompts without hooks
     (same batches, same number of new tokens; goal <= 10%).
 (c) 16 questions about one activation set: prefix reuse vs recomputing the prefix (goal >= 2x).
+(d) ``choose`` Yes/No over the 64 sets, full inputs and last tokens: batched prompts vs one at a time
+    (``batch_size=1``; the audits' forced choices go through this path).
 
 Run: .venv/bin/python benchmarks/ask.py [--sets 64] [--new-tokens 12] [--repeats 3]
 """
@@ -95,6 +97,14 @@ def main() -> None:
     t_noreuse = timed(lambda: oracle.ask(long_acts, questions16, max_new_tokens=n, reuse_prefix=False,
                                          generate_kwargs=gen), args.repeats)
 
+    # (d) batched forced choices
+    t_choose = {}
+    for mode, view in (("full", lambda a: a), ("last token", lambda a: a.last(1))):
+        views = [view(a) for a in acts_full]
+        t_choose[mode] = (timed(lambda: oracle.choose(views, QUESTIONS[1], ["Yes", "No"], batch_size=1), 1),
+                          timed(lambda: oracle.choose(views, QUESTIONS[1], ["Yes", "No"],
+                                                      batch_size=args.batch_size), args.repeats))
+
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"date {datetime.date.today()}; model smollm2-135m fp32; {n} new tokens per answer")
     print()
@@ -109,6 +119,9 @@ def main() -> None:
     rc = t_noreuse / t_reuse
     print(f"| (c) 16 questions, {len(long_acts)} positions: no reuse {t_noreuse:.2f} s vs prefix reuse "
           f"{t_reuse:.2f} s | {rc:.1f}x | >= 2x | {'yes' if rc >= 2 else 'NO'} |")
+    for mode, (one, batched) in t_choose.items():
+        print(f"| (d) choose Yes/No, {args.sets} sets, {mode}: one at a time {one:.2f} s vs batched {batched:.2f} s "
+              f"| {one / batched:.1f}x | - | - |")
 
 
 if __name__ == "__main__":
