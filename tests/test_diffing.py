@@ -103,12 +103,30 @@ def test_the_benign_twin_control_tells_a_planted_trait_from_any_difference() -> 
     benign = [rng.gauss(0, 0.3) for _ in range(40)]
     shifted = [rng.gauss(1, 0.3) for _ in range(40)]
     trait = beyond_benign_row(planted, base, benign, n_boot=200)
-    assert trait["trait_specific"] and trait["ci_low"] > 0
+    assert trait["passed"] and trait["ci_low"] > 0
     anything = beyond_benign_row(planted, base, shifted, n_boot=200)
-    assert not anything["trait_specific"] and anything["benign_auroc"] > 0.9
+    assert not anything["passed"] and anything["benign_auroc"] > 0.9
     # the twin's direction does not matter: a twin scored far *below* the control separates as much
     below = beyond_benign_row(planted, base, [x - 2 for x in benign], n_boot=200)
-    assert not below["trait_specific"]
+    assert not below["passed"]
+
+
+def test_the_off_trait_control_tells_a_trait_from_a_readout_that_leans_on_any_change() -> None:
+    """Scores made by hand: (trait question, two off-trait questions) per prompt. An organism that moves only
+    the trait question passes; one whose every answer leans the same way (the oracle saying "Yes" to
+    anything about it) does not, though its trait AUROC is as high."""
+    import random
+
+    from activation_oracles.evals.diffing import off_trait_row
+
+    rng = random.Random(0)
+    ctl = [(rng.gauss(0, 0.3), rng.gauss(0, 0.3), rng.gauss(0, 0.3)) for _ in range(40)]
+    trait_only = [(rng.gauss(1, 0.3), rng.gauss(0, 0.3), rng.gauss(0, 0.3)) for _ in range(40)]
+    leans = [(rng.gauss(1, 0.3), rng.gauss(0, 0.3), rng.gauss(1, 0.3)) for _ in range(40)]
+    ok = off_trait_row(trait_only, ctl, ["sports?", "cooking?"], n_boot=200)
+    assert ok["passed"] and ok["aurocs"][0] < 0.8 and ok["beyond_off_trait"] > 0.2
+    bad = off_trait_row(leans, ctl, ["sports?", "cooking?"], n_boot=200)
+    assert not bad["passed"] and bad["aurocs"][1] > 0.9
 
 
 def test_diffing_with_a_benign_twin(tmp_path, pair, oracle, data_dir) -> None:
@@ -121,7 +139,12 @@ def test_diffing_with_a_benign_twin(tmp_path, pair, oracle, data_dir) -> None:
     for a in res["aggregates"]:
         t = a["benign_twin"]
         assert 0 <= t["benign_auroc"] <= 1 and t["ci_low"] <= t["beyond_benign"] <= t["ci_high"]
-        assert t["trait_specific"] == (t["ci_low"] > 0)
+        assert t["passed"] == (t["ci_low"] > 0)
+        o = a.get("off_trait")
+        assert (o is not None) == (a["method"] in ("oracle", "untrained_oracle", "logit_lens"))
+        if o is not None:
+            assert len(o["aurocs"]) == 2 and o["ci_low"] <= o["beyond_off_trait"] <= o["ci_high"]
+        assert a["trait_specific"] == (t["passed"] and (o is None or o["passed"]))
     assert {r["model"] for r in res["rows"]} == {"organism", "control", "twin"}
     assert "| trait-specific |" in (tmp_path / "d" / "report.md").read_text()
     with pytest.raises(OrganismError, match="same adapter"):
