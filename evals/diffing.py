@@ -310,6 +310,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
                                               "pairs": [[o.name, c.name] for o, c in loaded],
                                               "twins": [t.path.name if t is not None else None for t in twin_orgs],
                                               "seed": seed, "read_layer": layer, "n_boot": n_boot,
+                                              "off_trait": [oq for oq, _ in OFF_TRAIT],
                                               "open_question": OPEN_QUESTION},
                "chance": {"auroc": 0.5}, "rows": rows, "aggregates": aggs, "open_answers": open_rows,
                "notes": [], "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
