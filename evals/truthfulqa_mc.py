@@ -105,6 +105,10 @@ def run_truthfulqa_mc(organisms: Sequence[Any], *, base: Any = "smollm2-135m",
         data_dir: the shared data folder (``truthfulqa/TruthfulQA.csv``; default ``$AO_DATA_DIR``).
         limit: questions, a seeded sample (``None``: all 817).
         progress: bars with an ETA (per model, over its answers) on stderr when it is a terminal.
+
+    With ``out``, every model's scores are checkpointed in ``out/partial/`` as soon as they are done:
+    the same call after a kill scores only the models it had not finished (``extra.resumed_models``;
+    ``extra.scoring_s`` keeps each model's scoring time, reused ones included).
     """
     from activation_oracles.progress import progress as progress_bar
 
