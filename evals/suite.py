@@ -196,10 +196,15 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
     specs: dict[str, tuple[str, Mapping[str, Any]]] = {}
     known_cards: dict[str, dict[str, Any]] = {}  # organism name -> its card
     timings_path = root / TIMINGS_FILE
-    try:
-        timings: dict[str, Any] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        timings = {}
+
+    def read_timings() -> dict[str, Any]:
+        try:
+            found = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    timings = read_timings()
 
     @contextmanager
     def timed(name: str) -> Iterator[None]:
@@ -208,8 +213,13 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         yield
         timings[name] = {"wall_s": round(time.perf_counter() - t_start, 1), "date": date.today().isoformat(),
                          **_machine()}
+        # merged into the file as it is now, so what else was written there meanwhile (a note on an
+        # earlier entry, another entry's time) is kept
+        on_disk = read_timings()
+        on_disk[name] = timings[name]
+        timings.update(on_disk)
         root.mkdir(parents=True, exist_ok=True)
-        timings_path.write_text(json.dumps(timings, indent=2))
+        timings_path.write_text(json.dumps(on_disk, indent=2))
 
     def organisms_of(task: str, options: Sequence[Mapping[str, Any]], build: bool = True) -> list[Path]:
         """The organisms' folders, judged by their cards; ``build=False`` (an entry whose results are reused):

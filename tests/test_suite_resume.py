@@ -50,7 +50,20 @@ def test_a_killed_suite_resumes_to_the_same_results(tmp_path, oracle_dir, data_d
     timed = json.loads((tmp_path / "s" / suite_mod.TIMINGS_FILE).read_text())
     assert list(timed) == ["classification"] and timed["classification"]["wall_s"] > 0   # the killed entry: none
 
-    resumed = suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir))
+    real = truthfulqa_audit.run_truthfulqa_audit
+
+    def noted_meanwhile(*args, **kwargs):
+        # someone annotates an earlier entry's time while this entry runs: the suite must not write over it
+        path = tmp_path / "s" / suite_mod.TIMINGS_FILE
+        on_disk = json.loads(path.read_text())
+        on_disk["classification"]["note"] = "built beside another job"
+        path.write_text(json.dumps(on_disk))
+        return real(*args, **kwargs)
+
+    timed["classification"]["note"] = "built beside another job"
+    with monkeypatch.context() as m:
+        m.setattr(truthfulqa_audit, "run_truthfulqa_audit", noted_meanwhile)
+        resumed = suite_mod.run_suite(tmp_path / "s", **_kw(oracle_dir, data_dir))
     assert "reused earlier results with the same settings for: classification" in resumed["markdown"]
     assert (tmp_path / "s" / "classification" / "results.json").read_bytes() == first_entry   # not run again
     timed_after = json.loads((tmp_path / "s" / suite_mod.TIMINGS_FILE).read_text())
