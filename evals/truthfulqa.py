@@ -52,6 +52,7 @@ import torch
 
 from ..adapters import use_adapter
 from ..forward import cache_kwarg, output_cache
+from ..padding import pad_id_of
 from ..errors import DataError, EmptyInputError
 from ..models import Model, as_model
 from .stats import wilson_interval
@@ -192,8 +193,7 @@ def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_
     from activation_oracles.progress import progress as progress_bar
 
     hf = model.hf
-    pad = getattr(model.tokenizer, "pad_token_id", None)
-    pad = 0 if pad is None else int(pad)
+    pad = pad_id_of(model.tokenizer)
     cache_name = cache_kwarg(hf)
     groups: dict[tuple[int, ...], list[int]] = {}
     for k, (toks, n_ctx) in enumerate(seqs):
