@@ -151,3 +151,44 @@ def cache_kwarg(hf: Any) -> str:
 def output_cache(out: Any) -> Any:
     """The KV cache a forward pass returned, under either of its transformers names."""
     return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def continuation_logprobs(hf: Any, cache: Any, prompt_mask_PL: torch.Tensor, last_logits_PV: torch.Tensor,
+                          continuations: list[list[int]], pad_id: int) -> list[float]:
+    """Summed log-probability of each continuation's tokens after its prompt, read from the prompts' KV cache.
+
+    The ``P`` prompts ran once (left-padded, mask ``prompt_mask_PL``) and returned ``cache`` and
+    ``last_logits_PV``, the logits at each prompt's last column (they score every continuation's first
+    token). ``continuations`` holds the same number of consecutive continuations per prompt; they run in
+    one right-padded batch on the repeated cache, each token at the position after its own prompt's
+    last real token, so the result equals scoring every whole sequence alone. This is the saving when
+    the prompt is most of the tokens (forced choices, multiple-choice answers). ``cache`` is consumed:
+    pass a copy if it is needed again. Adapter and no-injection contexts are the caller's.
+    """
+    n_prompts = prompt_mask_PL.shape[0]
+    if not continuations or len(continuations) % n_prompts or any(not c for c in continuations):
+        raise ValueError(f"continuation_logprobs got {len(continuations)} continuations for {n_prompts} prompts; "
+                         "expected the same positive number per prompt, none empty.")
+    per = len(continuations) // n_prompts
+    dev = last_logits_PV.device
+    owner = torch.arange(n_prompts, device=dev).repeat_interleave(per)
+    first_lp_RV = torch.log_softmax(last_logits_PV.float(), dim=-1)[owner]
+    totals = first_lp_RV.gather(-1, torch.tensor([[c[0]] for c in continuations], device=dev))[:, 0]
+    width = max(len(c) for c in continuations)
+    if width > 1:
+        mdev = prompt_mask_PL.device
+        # the last token of each continuation predicts nothing, so it need not run
+        rows = torch.tensor([c[:-1] + [pad_id] * (width - len(c)) for c in continuations], device=mdev)
+        answer_mask = torch.tensor([[1] * (len(c) - 1) + [0] * (width - len(c)) for c in continuations],
+                                   device=mdev)
+        prompt_mask = prompt_mask_PL[owner.to(mdev)]
+        positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=mdev)
+        if per > 1:
+            cache.batch_repeat_interleave(per)
+        with torch.no_grad():
+            logits = hf(input_ids=rows, attention_mask=torch.cat([prompt_mask, answer_mask], 1),
+                        position_ids=positions, **{cache_kwarg(hf): cache}).logits
+        targets = torch.tensor([c[1:] + [0] * (width - len(c)) for c in continuations], device=logits.device)
+        lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+        totals = totals + (lp * answer_mask.to(lp.device)).sum(-1).to(totals.device)
+    return totals.tolist()

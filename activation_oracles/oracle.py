@@ -40,7 +40,7 @@ from .answer import DEFAULT_MAX_NEW_TOKENS, Answer
 from .checks import check_bool, check_int, check_optional_int, check_real
 from .config import OracleConfig
 from .errors import ActivationsMismatchError, ArgumentError, ArgumentTypeError, MissingTokenizerError, PromptTooLongError
-from .forward import IGNORE, Generated, cache_kwarg, generate, label_logprobs, output_cache
+from .forward import Generated, cache_kwarg, continuation_logprobs, generate, output_cache
 from .hooks import inject_residuals
 from .oracle_args import check_choices, check_overrides, pair_inputs
 from .models import Model, as_model
@@ -376,34 +376,13 @@ class ActivationOracle:
         batch = left_pad([it.prompt.input_ids for it in items], pad_id_of(self.model.tokenizer), self.model.device)
         with self._session(items):
             out = self.model.hf(**batch.forward_kwargs(), use_cache=True, logits_to_keep=1)
-        cache = output_cache(out)
-        n_per = [len(a) for a in answers]
         flat = [list(a) for per_item in answers for a in per_item]
-        owner = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(n_per))
-        width = max(len(a) for a in flat)
-        pad = pad_id_of(self.model.tokenizer)
-        # Labels as forward.label_logprobs reads them: a leading unscored column, then each answer.
-        labels = torch.tensor([[IGNORE] + a + [IGNORE] * (width - len(a)) for a in flat])
-        first_RV = out.logits[:, -1].float()[owner.to(out.logits.device)]  # each answer's first token
-        columns = [first_RV.unsqueeze(1)]
-        if width > 1:
-            dev = self.model.device
-            rows = torch.tensor([a + [pad] * (width - len(a)) for a in flat], device=dev)[:, :-1]
-            prompt_mask = batch.attention_mask[owner.to(dev)]
-            answer_mask = torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a in flat], device=dev)[:, :-1]
-            # each answer token sits right after its own prompt's last real token, whatever the padding
-            positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(width - 1, device=dev)
-            cache.batch_repeat_interleave(n_per[0])  # rows in owner order: every item has the same choices
-            # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
-            with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
-                columns.append(self.model.hf(input_ids=rows, attention_mask=torch.cat([prompt_mask, answer_mask], 1),
-                                             position_ids=positions,
-                                             **{cache_kwarg(self.model.hf): cache}).logits.float())
-        columns.append(torch.zeros_like(columns[0]))  # the last column predicts nothing
-        lp, _ = label_logprobs(torch.cat(columns, dim=1), labels)
-        scores = lp.sum(-1).tolist()
-        bounds = [sum(n_per[:i]) for i in range(len(n_per) + 1)]
-        return [scores[bounds[i]:bounds[i + 1]] for i in range(len(items))]
+        # The continuation pass carries a cache, so the (prefill-only) injection stays out of it.
+        with torch.no_grad(), inference_mode(self.model.hf), use_adapter(self.model.hf, self.adapter):
+            scores = continuation_logprobs(self.model.hf, output_cache(out), batch.attention_mask,
+                                           out.logits[:, -1], flat, pad_id_of(self.model.tokenizer))
+        n_per = len(answers[0])  # every item has the same choices
+        return [scores[i * n_per:(i + 1) * n_per] for i in range(len(items))]
 
     # -- input modes ---------------------------------------------------------------------------------
     def ask_tokens(self, acts: Activations, question: str, **kwargs: Any) -> list[Answer]:

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from ..adapters import use_adapter
-from ..forward import cache_kwarg, output_cache
+from ..forward import continuation_logprobs, output_cache
 from ..padding import pad_id_of
 from ..errors import DataError, EmptyInputError
 from ..models import Model, as_model
@@ -192,9 +192,7 @@ def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_
     """
     from activation_oracles.progress import progress as progress_bar
 
-    hf = model.hf
     pad = pad_id_of(model.tokenizer)
-    cache_name = cache_kwarg(hf)
     groups: dict[tuple[int, ...], list[int]] = {}
     for k, (toks, n_ctx) in enumerate(seqs):
         groups.setdefault(tuple(toks[:n_ctx]), []).append(k)
@@ -202,34 +200,16 @@ def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_
     bar = progress_bar(desc="truthfulqa answers", total=len(seqs), unit="answer", enabled=progress, leave=None)
     for ctx, members in groups.items():
         n = len(ctx)
-        out = hf(input_ids=torch.tensor([ctx], device=model.device), use_cache=True, logits_to_keep=1)
-        first_lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts every answer's first token
-        cache = output_cache(out)
+        out = model.hf(input_ids=torch.tensor([ctx], device=model.device), use_cache=True, logits_to_keep=1)
+        mask = torch.ones((1, n), dtype=torch.long, device=model.device)
         # Longest first: batches of similar length waste less compute on padding.
         members = sorted(members, key=lambda k: -len(seqs[k][0]))
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
-            conts = [seqs[k][0][n:] for k in idx]
-            width = max(len(c) for c in conts)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), n + width), dtype=torch.long)
-            mask[:, :n] = 1
-            for r, c in enumerate(conts):
-                ids[r, :len(c)] = torch.tensor(c, dtype=torch.long)
-                mask[r, n:n + len(c)] = 1
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(idx))
-            # Right padding keeps every answer token at its unpadded position (n, n+1, ...), so the
-            # default position ids are right and the real tokens' logits equal the unbatched ones.
-            logits = hf(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                        use_cache=True, **{cache_name: past}).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1) if width > 1 else None
-            for r, (k, c) in enumerate(zip(idx, conts)):
-                total = float(first_lp[c[0]])
-                if len(c) > 1 and logp is not None:
-                    tgt = torch.tensor(c[1:], dtype=torch.long, device=logp.device)
-                    total += float(logp[r, :len(c) - 1].gather(-1, tgt.unsqueeze(-1)).sum())
-                scores[k] = total
+            lls = continuation_logprobs(model.hf, copy.deepcopy(output_cache(out)), mask, out.logits[:, -1],
+                                        [list(seqs[k][0][n:]) for k in idx], pad)
+            for k, ll in zip(idx, lls):
+                scores[k] = ll
             bar.update(len(idx))
     bar.close()
     return scores

@@ -138,3 +138,30 @@ def test_batched_choose_equals_one_at_a_time(arch, embedded_tokenizer):
             logp = torch.log_softmax(m.hf(input_ids=ids).logits[0].double(), -1)
         n = len(item.prompt.input_ids)
         assert raw[c] == pytest.approx(sum(float(logp[n - 1 + j, t]) for j, t in enumerate(ans)), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_continuations_from_the_cache_equal_whole_sequences(arch, embedded_tokenizer):
+    """forward.continuation_logprobs, shared by choose() and TruthfulQA MC: left-padded prompts, answers of
+    different lengths continued from the repeated cache, each equal to its whole sequence scored alone."""
+    from activation_oracles.forward import continuation_logprobs, output_cache
+    from activation_oracles.padding import pad_id_of
+
+    m = _model(arch, embedded_tokenizer, initializer_range=0.5)
+    tok = m.tokenizer
+    prompts = [tok(p)["input_ids"] for p in PROMPTS[:2]]
+    conts = [tok(" Yes")["input_ids"], tok(" No, it is not at all.")["input_ids"],
+             tok(" A river")["input_ids"], tok(" Owls")["input_ids"]]
+    batch = left_pad(prompts, pad_id_of(tok))
+    with torch.no_grad():
+        out = m.hf(**batch.forward_kwargs(), use_cache=True)
+    got = continuation_logprobs(m.hf, output_cache(out), batch.attention_mask, out.logits[:, -1], conts,
+                                pad_id_of(tok))
+    for k, c in enumerate(conts):
+        p = prompts[k // 2]
+        with torch.no_grad():
+            logp = torch.log_softmax(m.hf(input_ids=torch.tensor([p + c])).logits[0].double(), -1)
+        want = sum(float(logp[len(p) - 1 + j, t]) for j, t in enumerate(c))
+        assert got[k] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="3 continuations for 2 prompts"):
+        continuation_logprobs(m.hf, None, batch.attention_mask, out.logits[:, -1], conts[:3], 0)
