@@ -308,6 +308,9 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
                                                                      else f"<{orc.config.base_model} oracle>"),
                                               "n_prompts": len(chats),
                                               "pairs": [[o.name, c.name] for o, c in loaded],
+                                              # the folders name the recipe (its hash): a resumed suite reuses
+                                              # these results only for the same builds
+                                              "organism_folders": [[o.path.name, c.path.name] for o, c in loaded],
                                               "twins": [t.path.name if t is not None else None for t in twin_orgs],
                                               "seed": seed, "read_layer": layer, "n_boot": n_boot,
                                               "off_trait": [oq for oq, _ in OFF_TRAIT],

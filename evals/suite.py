@@ -292,8 +292,8 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         twins = [_benign_twin(task, base_spec, data_dir, progress, build=False) for task in DIFFING_TASKS]
         n_prompts = max(2, limits["diffing"] or 20)
         # off_trait: results made before that control existed run again
-        want = {"oracle": label, "n_prompts": n_prompts, "seed": seed, "pairs": [[a.name, b.name] for a, b in pairs],
-                "twins": [t.name for t in twins], "off_trait": [oq for oq, _ in OFF_TRAIT]}
+        want = {"oracle": label, "n_prompts": n_prompts, "seed": seed,
+                "organism_folders": [[a.name, b.name] for a, b in pairs], "twins": [t.name for t in twins], "off_trait": [oq for oq, _ in OFF_TRAIT]}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
             with timed("diffing"):

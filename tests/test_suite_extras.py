@@ -135,12 +135,17 @@ def test_mc_killed_midway_resumes_from_its_checkpoints(tmp_path, tqa_dir, organi
 
 def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, embedded_tokenizer) -> None:
     # tiny organisms in a private cache; one diffing pair (the backdoor) to keep the test short
-    monkeypatch.setattr(organism_mod, "default_organism_dir", lambda name, digest: tmp_path / "cache" / name)
+    # folders named as in the real cache, with the recipe's hash (so a folder's name is not its organism's)
+    monkeypatch.setattr(organism_mod, "default_organism_dir",
+                        lambda name, digest: tmp_path / "cache" / f"{name}-{digest[:12]}")
     monkeypatch.setattr(suite_mod, "DIFFING_TASKS", ("trigger-backdoor",))
     small = Recipe(n_examples=8, steps=1, batch_size=4, fluency_fraction=0)
     monkeypatch.setattr(misalignment.BackdoorOrganism, "recipe", small)
+    # the oracle named by a spec, as on the command line (a loaded oracle has no spec, so nothing oracle-made
+    # would be reused)
     oracle = ActivationOracle.untrained(tiny_model())
-    kw = dict(oracle=oracle, limit=2, data_dir=tqa_dir, tasks=["backdoor", "diffing", "truthfulqa-mc"],
+    monkeypatch.setattr("activation_oracles.loading.load_oracle", lambda spec: oracle)
+    kw = dict(oracle="tiny-untrained", limit=2, data_dir=tqa_dir, tasks=["backdoor", "diffing", "truthfulqa-mc"],
               methods=("oracle", "probe"), command="ao audit suite (test)",
               allow_failing_organisms=True)  # one training step: the organisms fail their checks
     first = suite_mod.run_suite(tmp_path / "s", **kw)
@@ -152,12 +157,12 @@ def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, emb
     assert (tmp_path / "s" / "truthfulqa-mc" / "plot_mc.png").is_file() and (tmp_path / "s" / "diffing" / "plot_auroc.png").is_file()
     # the base and both organisms the suite used (the backdoor audit's and the diffing pair's, built once)
     assert [r["model"] for r in mc["rows"]] == ["base", "trigger-backdoor-control", "trigger-backdoor-organism"]
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["trigger-backdoor-control", "trigger-backdoor-control-twin",
-                                                                     "trigger-backdoor-organism"]
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache").iterdir()) == [
+        "trigger-backdoor-control", "trigger-backdoor-control", "trigger-backdoor-organism"]  # the twin: "-twin"
     (tmp_path / "s" / "suite.json").unlink()
     again = suite_mod.run_suite(tmp_path / "s", **kw)
-    # a loaded oracle has no spec, so only the oracle-free MC entry is reused
-    assert "reused earlier results with the same settings for: truthfulqa-mc" in again["markdown"]
+    # every entry is reused, diffing included (its organisms judged by their folders, recipe hash and all)
+    assert "reused earlier results with the same settings for: backdoor, diffing, truthfulqa-mc" in again["markdown"]
 
 
 def test_suite_unknown_entry_and_limit(tmp_path) -> None:
