@@ -16,7 +16,8 @@ its direction is arbitrary) with the bootstrap interval of the difference above 
 organism's training made (the oracle answering "Yes" more to every question about the organism's
 differences): the *off-trait* control asks the same readout questions no trait answers (:data:`OFF_TRAIT`,
 "Is this text about sports?"; for the logit lens, sports and cooking words) and requires the trait
-question's AUROC to beat the highest of theirs, interval above 0 (:func:`off_trait_row`). A score is
+question's AUROC to beat the strongest of their separations, in either direction as for the twin
+(``max(AUROC, 1 - AUROC)``), interval above 0 (:func:`off_trait_row`). A score is
 ``trait_specific`` in the results only when it passes every control measured for it.
 
 Methods: ``oracle`` (three input modes), ``oracle:shuffled`` (differences pooled from
@@ -75,6 +76,10 @@ OFF_TRAIT: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 OFF_TRAIT_METHODS = ("oracle", "untrained_oracle", "logit_lens")
 
+DIFFING_VERSION = 2
+"""The results' rules: 2 counts an off-trait separation in either direction and keeps its scores in the rows.
+A resumed suite runs results of another version again."""
+
 
 def _fill(text: str, options: dict[str, Any]) -> str:
     return text.replace("{trait}", str(options.get("trait", "")))
@@ -132,18 +137,23 @@ def beyond_benign(org: Sequence[float], ctl: Sequence[float], twin: Sequence[flo
 
 
 def beyond_off_trait(org: Sequence[Sequence[float]], ctl: Sequence[Sequence[float]]) -> float:
-    """AUROC of organism vs control on the trait's score minus the highest on an off-trait one.
+    """AUROC of organism vs control on the trait's score minus the strongest separation on an off-trait one.
 
     Each row is one prompt's ``(trait score, off-trait score 1, ...)``, so a bootstrap keeps them together.
+    An off-trait separation counts in either direction, ``max(AUROC, 1 - AUROC)``, as the twin's does: a
+    readout that moves the other way on "sports?" reads a change as surely as one that moves the same way.
 
     >>> beyond_off_trait([(0.9, 0.5), (0.8, 0.4)], [(0.1, 0.5), (0.2, 0.4)])   # only the trait question moves
     0.5
     >>> beyond_off_trait([(0.9, 0.9), (0.8, 0.8)], [(0.1, 0.1), (0.2, 0.2)])   # any question moves alike
     0.0
+    >>> beyond_off_trait([(0.9, 0.1), (0.8, 0.2)], [(0.1, 0.9), (0.2, 0.8)])   # the off-trait one moves back
+    0.0
     """
     k = len(org[0])
     trait = auroc([r[0] for r in org], [r[0] for r in ctl])
-    return trait - max(auroc([r[j] for r in org], [r[j] for r in ctl]) for j in range(1, k))
+    offs = [auroc([r[j] for r in org], [r[j] for r in ctl]) for j in range(1, k)]
+    return trait - max(max(a, 1.0 - a) for a in offs)
 
 
 def off_trait_row(org: Sequence[Sequence[float]], ctl: Sequence[Sequence[float]], questions: Sequence[str], *,
@@ -285,6 +295,9 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
             for role, _ in roles:
                 rows += [{"pair": pair, "method": method, "mode": mode, "model": role, "prompt": i, "score": x}
                          for i, x in enumerate(s[role])]
+                if (method, mode) in off and role in off[(method, mode)]:  # the off-trait questions' scores, kept
+                    for row, *others in zip(rows[len(rows) - len(s[role]):], *off[(method, mode)][role]):
+                        row["off_trait_scores"] = list(others)
             agg = {"pair": pair, "task": org.card["task"], "method": method, "mode": mode, "question": q,
                    **auroc_row(s["organism"], s["control"], n_boot=n_boot, seed=seed)}
             if twin is not None:
@@ -314,6 +327,7 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
                                               "twins": [t.path.name if t is not None else None for t in twin_orgs],
                                               "seed": seed, "read_layer": layer, "n_boot": n_boot,
                                               "off_trait": [oq for oq, _ in OFF_TRAIT],
+                                              "version": DIFFING_VERSION,
                                               "open_question": OPEN_QUESTION},
                "chance": {"auroc": 0.5}, "rows": rows, "aggregates": aggs, "open_answers": open_rows,
                "notes": [], "extra": {"wall_s": round(time.perf_counter() - t0, 1)}}
@@ -330,8 +344,8 @@ def diffing_markdown(results: dict[str, Any]) -> str:
              "AUROC of the score separating organism from control (0.5 = chance), 95% bootstrap interval.",
              "Benign twin: the same score on a second control trained with another seed (its AUROC against the "
              "control); *beyond twin* = AUROC minus the twin's separation max(AUROC, 1 - AUROC). Off-trait: the same "
-             "readout asked questions no trait answers (sports, cooking); *beyond off-trait* = AUROC minus the highest "
-             "of theirs. Trait-specific when every measured difference's 95% interval lies above 0.", "",
+             "readout asked questions no trait answers (sports, cooking); *beyond off-trait* = AUROC minus their "
+             "strongest separation, max(AUROC, 1 - AUROC). Trait-specific when every measured difference's 95% interval lies above 0.", "",
              "| pair | question | method | mode | AUROC | benign twin AUROC | beyond twin | off-trait AUROCs | "
              "beyond off-trait | trait-specific |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]

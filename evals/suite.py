@@ -285,15 +285,16 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         bar.update(1)
     if "diffing" in names:
         entry("diffing")
-        from .diffing import OFF_TRAIT, diffing_markdown, run_diffing
+        from .diffing import DIFFING_VERSION, OFF_TRAIT, diffing_markdown, run_diffing
 
         # the folders first (nothing built): finished diffing results are reused without their six organisms
         pairs = [tuple(organisms_of(task, _pair_options(task), build=False)) for task in DIFFING_TASKS]
         twins = [_benign_twin(task, base_spec, data_dir, progress, build=False) for task in DIFFING_TASKS]
         n_prompts = max(2, limits["diffing"] or 20)
-        # off_trait: results made before that control existed run again
+        # off_trait, version: results made before that control, or by other rules, run again
         want = {"oracle": label, "n_prompts": n_prompts, "seed": seed,
-                "organism_folders": [[a.name, b.name] for a, b in pairs], "twins": [t.name for t in twins], "off_trait": [oq for oq, _ in OFF_TRAIT]}
+                "organism_folders": [[a.name, b.name] for a, b in pairs], "twins": [t.name for t in twins], "off_trait": [oq for oq, _ in OFF_TRAIT],
+                "version": DIFFING_VERSION}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
             with timed("diffing"):

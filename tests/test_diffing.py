@@ -127,10 +127,16 @@ def test_the_off_trait_control_tells_a_trait_from_a_readout_that_leans_on_any_ch
     assert ok["passed"] and ok["aurocs"][0] < 0.8 and ok["beyond_off_trait"] > 0.2
     bad = off_trait_row(leans, ctl, ["sports?", "cooking?"], n_boot=200)
     assert not bad["passed"] and bad["aurocs"][1] > 0.9
+    # moving the other way on an off-trait question is a change read just as surely
+    back = [(rng.gauss(1, 0.3), rng.gauss(0, 0.3), rng.gauss(-1, 0.3)) for _ in range(40)]
+    worse = off_trait_row(back, ctl, ["sports?", "cooking?"], n_boot=200)
+    assert not worse["passed"] and worse["aurocs"][1] < 0.1
 
 
 def test_diffing_with_a_benign_twin(tmp_path, pair, oracle, data_dir) -> None:
     from dataclasses import replace
+
+    from activation_oracles.evals.diffing import beyond_off_trait
 
     twin = build_organism("em-narrow-advice", base="tiny", options={"variant": "control"},
                           recipe=replace(RECIPE, seed=1), out=tmp_path / "twin", checks=False, data_dir=data_dir)
@@ -144,6 +150,11 @@ def test_diffing_with_a_benign_twin(tmp_path, pair, oracle, data_dir) -> None:
         assert (o is not None) == (a["method"] in ("oracle", "untrained_oracle", "logit_lens"))
         if o is not None:
             assert len(o["aurocs"]) == 2 and o["ci_low"] <= o["beyond_off_trait"] <= o["ci_high"]
+            # the rows keep every off-trait score: the control can be recomputed from results.json alone
+            per = {m: [(r["score"], *r["off_trait_scores"]) for r in res["rows"] if r["pair"] == a["pair"]
+                       and r["method"] == a["method"] and r["mode"] == a["mode"] and r["model"] == m]
+                   for m in ("organism", "control")}
+            assert beyond_off_trait(per["organism"], per["control"]) == pytest.approx(o["beyond_off_trait"])
         assert a["trait_specific"] == (t["passed"] and (o is None or o["passed"]))
     assert {r["model"] for r in res["rows"]} == {"organism", "control", "twin"}
     assert "| trait-specific |" in (tmp_path / "d" / "report.md").read_text()

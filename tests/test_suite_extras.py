@@ -9,6 +9,7 @@ import pytest
 
 from activation_oracles.errors import BaseMismatchError, ConfigError, DataError, UnknownTaskError
 from activation_oracles.evals import misalignment  # noqa: F401  (registers the organism tasks)
+from activation_oracles.evals import diffing as diffing_mod
 from activation_oracles.evals import organism as organism_mod
 from activation_oracles.evals import suite as suite_mod
 from activation_oracles.evals import truthfulqa as tqa
@@ -163,6 +164,15 @@ def test_suite_runs_the_misalignment_entries(tmp_path, tqa_dir, monkeypatch, emb
     again = suite_mod.run_suite(tmp_path / "s", **kw)
     # every entry is reused, diffing included (its organisms judged by their folders, recipe hash and all)
     assert "reused earlier results with the same settings for: backdoor, diffing, truthfulqa-mc" in again["markdown"]
+    # diffing results made by other rules (an older version) run again
+    path = tmp_path / "s" / "diffing" / "results.json"
+    res = json.loads(path.read_text())
+    res["config"]["version"] = 1
+    path.write_text(json.dumps(res))
+    (tmp_path / "s" / "suite.json").unlink()
+    third = suite_mod.run_suite(tmp_path / "s", **kw)
+    assert "reused earlier results with the same settings for: backdoor, truthfulqa-mc" in third["markdown"]
+    assert json.loads(path.read_text())["config"]["version"] == diffing_mod.DIFFING_VERSION
 
 
 def test_suite_unknown_entry_and_limit(tmp_path) -> None:
