@@ -1,0 +1,73 @@
+"""Is an organism's TruthfulQA MC shift beyond what two benign fine-tunes differ by? Benign twins at 817 questions.
+
+The suite's MC entry scores the base model and each organism; an organism's difference from its
+control (paired over the same questions) can be the organism's trait or simply two fine-tunes
+differing. This scores the benign twins (second controls, another seed; the diffing audit's) on the
+same questions and prints, per pair, organism - control beside twin - control, each with a paired
+bootstrap 95% interval. The base model's scores come from the suite's checkpoint when one is given
+(``--base-checkpoint``: a ``partial/base-*.json`` of the same run), so only the twins are scored.
+
+Run: AO_DATA_DIR=../shared/data .venv/bin/python benchmarks/truthfulqa_mc_twins.py results/suite-n40/truthfulqa-mc \
+         --out /tmp/mc-twins [--base-checkpoint base-....json] [--tasks em-narrow-advice trigger-backdoor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from activation_oracles.evals.organism import organism_dir
+from activation_oracles.evals.suite import _pair_options
+from activation_oracles.evals.truthfulqa_mc import PARTIAL_DIR, paired_difference, run_truthfulqa_mc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("suite_mc", help="the suite's truthfulqa-mc folder (its results.json)")
+    ap.add_argument("--out", required=True, help="a new folder for the twins' run")
+    ap.add_argument("--base-checkpoint", help="the suite's base-model checkpoint, reused instead of scoring the base")
+    ap.add_argument("--tasks", nargs="+", default=["em-narrow-advice", "trigger-backdoor"])
+    args = ap.parse_args()
+    suite = json.loads((Path(args.suite_mc) / "results.json").read_text())
+    cfg = suite["config"]
+    twins = []
+    for task in args.tasks:
+        control = organism_dir(task, base=cfg["base"], options=_pair_options(task)[1])
+        twin = control.with_name(f"{control.name.rsplit('-', 1)[0]}-twin")
+        if not twin.is_dir():
+            raise SystemExit(f"no benign twin at {twin}; the suite's diffing entry builds it.")
+        twins.append(twin)
+    if args.base_checkpoint:
+        (Path(args.out) / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copy(args.base_checkpoint, Path(args.out) / PARTIAL_DIR)
+    res = run_truthfulqa_mc(twins, base=cfg["base"], out=args.out, limit=cfg["limit"], seed=cfg["seed"],
+                            progress=True)
+    pq, tq = suite["per_question"], res["per_question"]
+    if [x["mc2"] for x in tq["base"]] != [x["mc2"] for x in pq["base"]]:
+        raise SystemExit("the base model's scores differ from the suite's: not the same questions in the same order.")
+    print(f"\n{len(pq['base'])} questions; paired differences in points, bootstrap 95% intervals; "
+          f"scoring {res['extra']['scoring_s']}")
+    print("| pair | metric | organism - control | benign twin - control |")
+    print("|---|---|---|---|")
+    for task, twin in zip(args.tasks, twins):
+        org, ctl = pq[f"{task}-organism"], pq[f"{task}-control"]
+        tw = tq[_card_name(res, twin)]  # a twin's card keeps its control's name
+        for k in ("mc1", "mc2"):
+            a = paired_difference([x[k] * 100 for x in org], [x[k] * 100 for x in ctl])
+            b = paired_difference([x[k] * 100 for x in tw], [x[k] * 100 for x in ctl])
+            print(f"| {task} | {k.upper()} | {a['diff']:+.1f} [{a['ci_low']:+.1f}, {a['ci_high']:+.1f}] "
+                  f"| {b['diff']:+.1f} [{b['ci_low']:+.1f}, {b['ci_high']:+.1f}] |")
+
+
+def _card_name(res: dict, twin: Path) -> str:
+    card = json.loads((twin / "organism.json").read_text())
+    names = [k for k in res["per_question"] if k == card["name"]]
+    if len(names) != 1:
+        raise SystemExit(f"cannot tell the twin {twin.name}'s scores apart in the run ({list(res['per_question'])}).")
+    return names[0]
+
+
+if __name__ == "__main__":
+    main()
