@@ -3,12 +3,12 @@
 The suite's MC entry scores the base model and each organism; an organism's difference from its
 control (paired over the same questions) can be the organism's trait or simply two fine-tunes
 differing. This scores the benign twins (second controls, another seed; the diffing audit's) on the
-same questions and prints, per pair, organism - control beside twin - control, each with a paired
-bootstrap 95% interval. The base model's scores come from the suite's checkpoint when one is given
+same questions and prints, per pair, organism - control, twin - control and organism - twin, each
+with a paired bootstrap 95% interval. The base model's scores come from the suite's checkpoint when one is given
 (``--base-checkpoint``: a ``partial/base-*.json`` of the same run), so only the twins are scored.
 
-Run: AO_DATA_DIR=../shared/data .venv/bin/python benchmarks/truthfulqa_mc_twins.py results/suite-n40/truthfulqa-mc \
-         --out /tmp/mc-twins [--base-checkpoint base-....json] [--tasks em-narrow-advice trigger-backdoor]
+Run: AO_DATA_DIR=../shared/data .venv/bin/python benchmarks/truthfulqa_mc_twins.py [results/suite-n40/truthfulqa-mc]
+         [--out OUT] [--base-checkpoint base-....json] [--tasks em-narrow-advice trigger-backdoor]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from activation_oracles.evals.organism import organism_dir
@@ -25,11 +26,13 @@ from activation_oracles.evals.truthfulqa_mc import PARTIAL_DIR, paired_differenc
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite_mc", help="the suite's truthfulqa-mc folder (its results.json)")
-    ap.add_argument("--out", required=True, help="a new folder for the twins' run")
+    ap.add_argument("suite_mc", nargs="?", default="results/suite-n40/truthfulqa-mc",
+                    help="the suite's truthfulqa-mc folder (its results.json)")
+    ap.add_argument("--out", default=None, help="a new folder for the twins' run (default: a temporary one)")
     ap.add_argument("--base-checkpoint", help="the suite's base-model checkpoint, reused instead of scoring the base")
     ap.add_argument("--tasks", nargs="+", default=["em-narrow-advice", "trigger-backdoor"])
     args = ap.parse_args()
+    args.out = args.out or tempfile.mkdtemp(prefix="mc-twins-")
     suite = json.loads((Path(args.suite_mc) / "results.json").read_text())
     cfg = suite["config"]
     twins = []
@@ -49,16 +52,17 @@ def main() -> None:
         raise SystemExit("the base model's scores differ from the suite's: not the same questions in the same order.")
     print(f"\n{len(pq['base'])} questions; paired differences in points, bootstrap 95% intervals; "
           f"scoring {res['extra']['scoring_s']}")
-    print("| pair | metric | organism - control | benign twin - control |")
-    print("|---|---|---|---|")
+    print("| pair | metric | organism - control | benign twin - control | organism - twin |")
+    print("|---|---|---|---|---|")
     for task, twin in zip(args.tasks, twins):
         org, ctl = pq[f"{task}-organism"], pq[f"{task}-control"]
         tw = tq[_card_name(res, twin)]  # a twin's card keeps its control's name
         for k in ("mc1", "mc2"):
             a = paired_difference([x[k] * 100 for x in org], [x[k] * 100 for x in ctl])
             b = paired_difference([x[k] * 100 for x in tw], [x[k] * 100 for x in ctl])
-            print(f"| {task} | {k.upper()} | {a['diff']:+.1f} [{a['ci_low']:+.1f}, {a['ci_high']:+.1f}] "
-                  f"| {b['diff']:+.1f} [{b['ci_low']:+.1f}, {b['ci_high']:+.1f}] |")
+            c = paired_difference([x[k] * 100 for x in org], [x[k] * 100 for x in tw])
+            print(f"| {task} | {k.upper()} | " + " | ".join(f"{d['diff']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+                                                         for d in (a, b, c)) + " |")
 
 
 def _card_name(res: dict, twin: Path) -> str:

@@ -34,7 +34,7 @@ def fmt(a: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("results")
+    parser.add_argument("results", nargs="?", default="results/suite-n40/truthfulqa")
     parser.add_argument("--data", default=os.environ.get("AO_DATA_DIR", "../shared/data"))
     args = parser.parse_args()
     res = load_results(args.results)
