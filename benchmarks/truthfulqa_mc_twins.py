@@ -8,7 +8,7 @@ with a paired bootstrap 95% interval. The base model's scores come from the suit
 (``--base-checkpoint``: a ``partial/base-*.json`` of the same run), so only the twins are scored.
 
 Run: AO_DATA_DIR=../shared/data .venv/bin/python benchmarks/truthfulqa_mc_twins.py [results/suite-n40/truthfulqa-mc]
-         [--out OUT] [--base-checkpoint base-....json] [--tasks em-narrow-advice trigger-backdoor]
+         [--out OUT] [--base-checkpoint base-....json] [--tasks em-narrow-advice trigger-backdoor ...]
 """
 
 from __future__ import annotations
@@ -30,14 +30,18 @@ def main() -> None:
                     help="the suite's truthfulqa-mc folder (its results.json)")
     ap.add_argument("--out", default=None, help="a new folder for the twins' run (default: a temporary one)")
     ap.add_argument("--base-checkpoint", help="the suite's base-model checkpoint, reused instead of scoring the base")
-    ap.add_argument("--tasks", nargs="+", default=["em-narrow-advice", "trigger-backdoor"])
+    ap.add_argument("--tasks", nargs="+", default=["em-narrow-advice", "trigger-backdoor"],
+                    help="organism tasks with a diffing pair: em-narrow-advice, em-reward-hacks, trigger-backdoor, "
+                         "subliminal")
     args = ap.parse_args()
     args.out = args.out or tempfile.mkdtemp(prefix="mc-twins-")
     suite = json.loads((Path(args.suite_mc) / "results.json").read_text())
     cfg = suite["config"]
     twins = []
+    names = []  # (organism, control) as the suite's results name them: the cards' names
     for task in args.tasks:
-        control = organism_dir(task, base=cfg["base"], options=_pair_options(task)[1])
+        organism, control = (organism_dir(task, base=cfg["base"], options=o) for o in _pair_options(task))
+        names.append(tuple(json.loads((d / "organism.json").read_text())["name"] for d in (organism, control)))
         twin = control.with_name(f"{control.name.rsplit('-', 1)[0]}-twin")
         if not twin.is_dir():
             raise SystemExit(f"no benign twin at {twin}; the suite's diffing entry builds it.")
@@ -55,7 +59,8 @@ def main() -> None:
     print("| pair | metric | organism - control | benign twin - control | organism - twin |")
     print("|---|---|---|---|---|")
     for task, twin in zip(args.tasks, twins):
-        org, ctl = pq[f"{task}-organism"], pq[f"{task}-control"]
+        org_name, ctl_name = names[args.tasks.index(task)]
+        org, ctl = pq[org_name], pq[ctl_name]
         tw = tq[_card_name(res, twin)]  # a twin's card keeps its control's name
         for k in ("mc1", "mc2"):
             a = paired_difference([x[k] * 100 for x in org], [x[k] * 100 for x in ctl])
