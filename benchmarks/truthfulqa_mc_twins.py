@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from activation_oracles.evals.organism import organism_dir
-from activation_oracles.evals.suite import _pair_options
+from activation_oracles.evals.suite import _benign_twin, _pair_options
 from activation_oracles.evals.truthfulqa_mc import PARTIAL_DIR, paired_difference, run_truthfulqa_mc
 
 
@@ -37,20 +37,22 @@ def main() -> None:
     args.out = args.out or tempfile.mkdtemp(prefix="mc-twins-")
     suite = json.loads((Path(args.suite_mc) / "results.json").read_text())
     cfg = suite["config"]
-    twins = []
-    names = []  # (organism, control) as the suite's results name them: the cards' names
+
+    def card_name(folder: Path) -> str:  # the results name models by their cards (a twin keeps its control's)
+        return json.loads((folder / "organism.json").read_text())["name"]
+
+    pairs = []  # (task, organism, control, twin folder)
     for task in args.tasks:
-        organism, control = (organism_dir(task, base=cfg["base"], options=o) for o in _pair_options(task))
-        names.append(tuple(json.loads((d / "organism.json").read_text())["name"] for d in (organism, control)))
-        twin = control.with_name(f"{control.name.rsplit('-', 1)[0]}-twin")
+        twin = _benign_twin(task, cfg["base"], None, False, build=False)
         if not twin.is_dir():
             raise SystemExit(f"no benign twin at {twin}; the suite's diffing entry builds it.")
-        twins.append(twin)
+        organism, control = (card_name(organism_dir(task, base=cfg["base"], options=o)) for o in _pair_options(task))
+        pairs.append((task, organism, control, twin))
     if args.base_checkpoint:
         (Path(args.out) / PARTIAL_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copy(args.base_checkpoint, Path(args.out) / PARTIAL_DIR)
-    res = run_truthfulqa_mc(twins, base=cfg["base"], out=args.out, limit=cfg["limit"], seed=cfg["seed"],
-                            progress=True)
+    res = run_truthfulqa_mc([t for *_, t in pairs], base=cfg["base"], out=args.out, limit=cfg["limit"],
+                            seed=cfg["seed"], progress=True)
     pq, tq = suite["per_question"], res["per_question"]
     if [x["mc2"] for x in tq["base"]] != [x["mc2"] for x in pq["base"]]:
         raise SystemExit("the base model's scores differ from the suite's: not the same questions in the same order.")
@@ -58,25 +60,13 @@ def main() -> None:
           f"scoring {res['extra']['scoring_s']}")
     print("| pair | metric | organism - control | benign twin - control | organism - twin |")
     print("|---|---|---|---|---|")
-    for task, twin in zip(args.tasks, twins):
-        org_name, ctl_name = names[args.tasks.index(task)]
-        org, ctl = pq[org_name], pq[ctl_name]
-        tw = tq[_card_name(res, twin)]  # a twin's card keeps its control's name
+    for task, organism, control, twin in pairs:
+        org, ctl, tw = pq[organism], pq[control], tq[card_name(twin)]
         for k in ("mc1", "mc2"):
-            a = paired_difference([x[k] * 100 for x in org], [x[k] * 100 for x in ctl])
-            b = paired_difference([x[k] * 100 for x in tw], [x[k] * 100 for x in ctl])
-            c = paired_difference([x[k] * 100 for x in org], [x[k] * 100 for x in tw])
-            print(f"| {task} | {k.upper()} | " + " | ".join(f"{d['diff']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
-                                                         for d in (a, b, c)) + " |")
-
-
-def _card_name(res: dict, twin: Path) -> str:
-    card = json.loads((twin / "organism.json").read_text())
-    names = [k for k in res["per_question"] if k == card["name"]]
-    if len(names) != 1:
-        raise SystemExit(f"cannot tell the twin {twin.name}'s scores apart in the run ({list(res['per_question'])}).")
-    return names[0]
-
+            diffs = [paired_difference([x[k] * 100 for x in a], [x[k] * 100 for x in b])
+                     for a, b in ((org, ctl), (tw, ctl), (org, tw))]
+            cells = [f"{d['diff']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" for d in diffs]
+            print(f"| {task} | {k.upper()} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

@@ -293,11 +293,12 @@ def run_diffing(pairs: Sequence[tuple[Any, Any]], *, oracle: Any = "smollm2-135m
         pair = f"{org.name} vs {ctl.name}"
         for (method, mode), s in scores.items():
             for role, _ in roles:
-                rows += [{"pair": pair, "method": method, "mode": mode, "model": role, "prompt": i, "score": x}
-                         for i, x in enumerate(s[role])]
-                if (method, mode) in off and role in off[(method, mode)]:  # the off-trait questions' scores, kept
-                    for row, *others in zip(rows[len(rows) - len(s[role]):], *off[(method, mode)][role]):
-                        row["off_trait_scores"] = list(others)
+                others = off.get((method, mode), {}).get(role)  # the off-trait questions' scores, kept
+                for i, x in enumerate(s[role]):
+                    row = {"pair": pair, "method": method, "mode": mode, "model": role, "prompt": i, "score": x}
+                    if others is not None:
+                        row["off_trait_scores"] = [o[i] for o in others]
+                    rows.append(row)
             agg = {"pair": pair, "task": org.card["task"], "method": method, "mode": mode, "question": q,
                    **auroc_row(s["organism"], s["control"], n_boot=n_boot, seed=seed)}
             if twin is not None:
@@ -345,7 +346,8 @@ def diffing_markdown(results: dict[str, Any]) -> str:
              "Benign twin: the same score on a second control trained with another seed (its AUROC against the "
              "control); *beyond twin* = AUROC minus the twin's separation max(AUROC, 1 - AUROC). Off-trait: the same "
              "readout asked questions no trait answers (sports, cooking); *beyond off-trait* = AUROC minus their "
-             "strongest separation, max(AUROC, 1 - AUROC). Trait-specific when every measured difference's 95% interval lies above 0.", "",
+             "strongest separation, max(AUROC, 1 - AUROC). Trait-specific when every measured difference's 95% "
+             "interval lies above 0.", "",
              "| pair | question | method | mode | AUROC | benign twin AUROC | beyond twin | off-trait AUROCs | "
              "beyond off-trait | trait-specific |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]

@@ -293,8 +293,8 @@ def run_suite(out: str | os.PathLike[str], *, oracle: Any = "smollm2-135m", limi
         n_prompts = max(2, limits["diffing"] or 20)
         # off_trait, version: results made before that control, or by other rules, run again
         want = {"oracle": label, "n_prompts": n_prompts, "seed": seed,
-                "organism_folders": [[a.name, b.name] for a, b in pairs], "twins": [t.name for t in twins], "off_trait": [oq for oq, _ in OFF_TRAIT],
-                "version": DIFFING_VERSION}
+                "organism_folders": [[a.name, b.name] for a, b in pairs], "twins": [t.name for t in twins],
+                "off_trait": [oq for oq, _ in OFF_TRAIT], "version": DIFFING_VERSION}
         res = _matching_results(root / "diffing", want)
         if res is None or overwrite:
             with timed("diffing"):

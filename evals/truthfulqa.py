@@ -206,8 +206,10 @@ def _score_sequences(model: Model, seqs: Sequence[tuple[list[int], int]], batch_
         members = sorted(members, key=lambda k: -len(seqs[k][0]))
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
-            lls = continuation_logprobs(model.hf, copy.deepcopy(output_cache(out)), mask, out.logits[:, -1],
-                                        [list(seqs[k][0][n:]) for k in idx], pad)
+            last = start + batch_size >= len(members)  # the scorer consumes the cache: copy it unless last
+            cache = output_cache(out) if last else copy.deepcopy(output_cache(out))
+            lls = continuation_logprobs(model.hf, cache, mask, out.logits[:, -1], [list(seqs[k][0][n:]) for k in idx],
+                                        pad)
             for k, ll in zip(idx, lls):
                 scores[k] = ll
             bar.update(len(idx))
